@@ -1,0 +1,220 @@
+"""The beacon application: routes a parsed request, validates it, spools it, and decides its reply.
+
+Given to http.HttpProtocol as its app. Owns the group commit: rows appended while the loop
+processes one batch of reads are written by one `Spool.commit()` scheduled with call_soon, and
+only then are the replies of those requests resolved (200 if written, 503 if not).
+"""
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from . import ks as ks_codec
+from .events import Rejection, body_params, form_decode, split_query, validate
+from .http import CLOCK, Response, Ticket, error_response
+
+log = logging.getLogger("ingestd.beacon")
+
+BEACON_PATHS = (b"/api_v3/index.php", b"/collect")
+RETRY_AFTER_SECONDS = 5
+VIEW_EVENT_TYPE = 99
+
+_CORS_PREFLIGHT = Response(
+    204,
+    headers=b"access-control-allow-methods: GET, POST, OPTIONS\r\n"
+    b"access-control-allow-headers: Content-Type\r\n"
+    b"access-control-max-age: 86400\r\n",
+)
+_NOT_FOUND = error_response(404, "not found: beacons go to /api_v3/index.php or /collect", close=False)
+_NOT_ALLOWED = Response(405, b"method not allowed: use GET or POST\n", headers=b"allow: GET, POST, OPTIONS\r\n")
+_OVER_CAP = Response(
+    503, b"spool full: ClickHouse is behind; retry later\n", headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS
+)
+_WRITE_FAILED = Response(
+    503, b"event not stored: spool write failed; retry later\n",
+    headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS,
+)
+_JSON = b"application/json"
+
+
+class BeaconApp:
+    """The beacon endpoints of one process."""
+
+    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent"})
+
+    def __init__(self, spool, metrics, loop, *, strict: bool = False, client_ip=None):
+        self.spool = spool
+        self.metrics = metrics
+        self.loop = loop
+        self.strict = strict
+        self.client_ip = client_ip or (lambda request: request.peer)
+        self.connections: set = set()
+        self.accepting = True
+        self._tickets: dict[int, Ticket] = {}  # shared replies of this iteration, by variant
+        self._single: list[tuple[Ticket, Response]] = []  # per-request replies of this iteration
+        self._commit_scheduled = False
+        self.refresh()
+
+    # -- replies that change once a second ----------------------------------------------------------
+    def refresh(self) -> None:
+        """Called on the clock tick: rebuild the 200 replies, whose body is the server's Unix time."""
+        now = CLOCK.seconds
+        self._ok = (
+            Response(200, b"%d" % now),
+            Response(200, b'{"time":%d,"viewEventsEnabled":true}' % now, _JSON),
+            Response(200, b'{"time":%d,"viewEventsEnabled":false}' % now, _JSON),
+        )
+
+    # -- connection bookkeeping (called by the protocol) ------------------------------------------------
+    def connection_made(self, conn) -> None:
+        self.connections.add(conn)
+        self.metrics.connections_open += 1
+        self.metrics.connections_total += 1
+
+    def connection_lost(self, conn) -> None:
+        self.connections.discard(conn)
+        self.metrics.connections_open -= 1
+
+    def protocol_error(self, conn, status: int) -> None:
+        self.metrics.protocol_errors[status] += 1
+        self.metrics.responses[status] += 1
+
+    def handle_error(self, request, exc: Exception) -> None:
+        log.exception("unhandled error for %s", request.path[:100], exc_info=exc)
+        self.metrics.responses[500] += 1
+
+    # -- requests -------------------------------------------------------------------------------------
+    def handle(self, request):
+        path = request.path
+        if path not in BEACON_PATHS:
+            self.metrics.responses[404] += 1
+            return _NOT_FOUND
+        method = request.method
+        if method == b"GET":
+            return self._beacon(request, request.query, None, 0)
+        if method == b"POST":
+            return self._post(request)
+        if method == b"OPTIONS":
+            self.metrics.responses[204] += 1
+            return _CORS_PREFLIGHT
+        self.metrics.responses[405] += 1
+        return _NOT_ALLOWED
+
+    def _post(self, request):
+        content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        body = request.body
+        if content_type == b"application/json" or (not content_type and body[:1] == b"{"):
+            try:
+                obj = orjson.loads(body) if body.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                return self._reject(request, request.query, Rejection("bad_request", f"body is not JSON: {exc}"))
+            if not isinstance(obj, dict):
+                return self._reject(request, request.query, Rejection("bad_request", "body is not a JSON object"))
+            return self._beacon(request, request.query, obj, 1)
+        # navigator.sendBeacon: a query string as text/plain or form-encoded body
+        query = request.query
+        if body:
+            query = query + b"&" + body.strip() if query else body.strip()
+        return self._beacon(request, query, None, 0)
+
+    def _beacon(self, request, query: bytes, json_body: dict | None, variant: int):
+        """Validate and spool one beacon; `variant` 0 answers with plain time, 1 with the JSON object."""
+        if self.spool.over_cap or not self.accepting:
+            self.metrics.responses[503] += 1
+            return _OVER_CAP
+        params = split_query(query)
+        body = body_params(json_body) if json_body else None
+        try:
+            if request.path == b"/api_v3/index.php":
+                self._check_service(params, body)
+            checked = validate(params, body, self.strict)
+        except Rejection as rejection:
+            return self._reject(request, query, rejection, json_body)
+        body_map = {}
+        if body:
+            body_map = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in body.items()}
+        ks_info = {}
+        if b"ks" in params or (body and b"ks" in body):
+            ks_info = ks_codec.describe(form_decode(params[b"ks"]) if b"ks" in params else body[b"ks"])
+            query = ks_codec.strip_from_query(query)
+            body_map.pop("ks", None)
+        self.spool.append(orjson.dumps((
+            "e", int(request.received_at * 1000), self.client_ip(request),
+            request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
+            query.decode("utf-8", "replace"), body_map, checked.missing, ks_info, "", "", "",
+        )) + b"\n")
+        type_id = checked.event_type.id
+        self.metrics.events_accepted[type_id] += 1
+        if variant == 1 and self.spool.over_soft_cap:
+            variant = 2  # shed load: JSON players stop their 10-second VIEW beacons
+            self.metrics.view_events_disabled += 1
+        ticket = self._tickets.get(variant)
+        if ticket is None:
+            ticket = self._tickets[variant] = Ticket()
+            self._schedule_commit()
+        return ticket
+
+    @staticmethod
+    def _check_service(params, body) -> None:
+        for name, expected in ((b"service", b"analytics"), (b"action", b"trackEvent")):
+            raw = params.get(name)
+            if raw is None and body:
+                raw = body.get(name)
+            value = form_decode(raw) if raw is not None else b""
+            if value.lower() != expected.lower():
+                shown = value.decode("utf-8", "replace")[:40]
+                raise Rejection("bad_request", f"{name.decode()} {shown!r} is not supported: use "
+                                               "service=analytics&action=trackEvent")
+
+    def _reject(self, request, query: bytes, rejection: Rejection, json_body=None):
+        """Keep what was sent (ks masked) in the rejected stream and answer 400 with the reason."""
+        self.metrics.events_rejected[rejection.reason] += 1
+        ks_info = {}
+        params = split_query(query)
+        if b"ks" in params:
+            ks_info = {"hash": ks_codec.digest(form_decode(params[b"ks"]).strip())}
+            query = ks_codec.strip_from_query(query, mask=b"<redacted>")
+        raw_body = request.body if request.method == b"POST" else b""
+        if json_body and "ks" in json_body:
+            json_body = {**json_body, "ks": "<redacted>"}
+            raw_body = orjson.dumps(json_body)
+        elif raw_body and b"ks=" in raw_body and json_body is None:
+            raw_body = ks_codec.strip_from_query(raw_body, mask=b"<redacted>")
+        self.spool.append(orjson.dumps((
+            "r", int(request.received_at * 1000), self.client_ip(request),
+            request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
+            query.decode("utf-8", "replace"), {}, [], ks_info, rejection.reason, rejection.message,
+            raw_body.decode("utf-8", "replace"),
+        )) + b"\n")
+        ticket = Ticket()
+        self._single.append((ticket, error_response(400, rejection.message, close=False)))
+        self._schedule_commit()
+        return ticket
+
+    # -- group commit -----------------------------------------------------------------------------------
+    def _schedule_commit(self) -> None:
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            self.loop.call_soon(self.commit)
+
+    def commit(self) -> None:
+        """Write this iteration's rows with one write(2), then resolve their replies."""
+        self._commit_scheduled = False
+        ok = self.spool.commit()
+        responses = self.metrics.responses
+        if ok:
+            self.metrics.spool_commits += 1
+        else:
+            self.metrics.spool_write_errors += 1
+        tickets, self._tickets = self._tickets, {}
+        single, self._single = self._single, []
+        for variant, ticket in tickets.items():
+            response = self._ok[variant] if ok else _WRITE_FAILED
+            responses[response.status] += len(ticket.waiters)
+            ticket.resolve(response)
+        for ticket, response in single:
+            if not ok:
+                response = _WRITE_FAILED
+            responses[response.status] += 1
+            ticket.resolve(response)

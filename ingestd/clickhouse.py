@@ -1,0 +1,87 @@
+"""ClickHouse access: client construction from a DSN (chdb:// or http(s)://) and the migrations runner.
+
+The only module besides sink/admin/reports that imports clickhouse_connect.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import clickhouse_connect
+
+log = logging.getLogger("ingestd.clickhouse")
+
+SCHEMA_DIR = Path(os.environ.get("INGESTD_SCHEMA_DIR") or Path(__file__).resolve().parent.parent / "schema")
+DATABASE = "analytics"
+
+# Settings every shipment uses: the segment id is the dedup token, and the views see the same
+# deduplicated blocks, so a replayed segment changes neither raw nor aggregate tables.
+INSERT_SETTINGS = {
+    "insert_deduplicate": 1,
+    "deduplicate_blocks_in_dependent_materialized_views": 1,
+}
+
+
+def chdb_path(dsn: str) -> Path | None:
+    """The data directory of an embedded-engine DSN, or None for a server DSN."""
+    if dsn.startswith("chdb://"):
+        return Path(dsn[len("chdb://"):]).expanduser().resolve()
+    return None
+
+
+def is_embedded(dsn: str) -> bool:
+    return dsn.startswith("chdb://")
+
+
+def connect(dsn: str, **kwargs):
+    """A clickhouse-connect client for `dsn`; chdb:// paths may be relative and are created."""
+    path = chdb_path(dsn)
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(dsn=f"chdb://{path}", **kwargs)
+    if not re.match(r"^https?://", dsn):
+        raise ValueError(f"unsupported ClickHouse DSN {redact(dsn)!r}: use chdb://PATH or http(s)://…")
+    kwargs.setdefault("connect_timeout", 5)
+    kwargs.setdefault("send_receive_timeout", 60)
+    return clickhouse_connect.get_client(dsn=dsn, **kwargs)
+
+
+def redact(dsn: str) -> str:
+    """The DSN with any password replaced, for logs and --print-config."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+
+
+def split_statements(sql: str) -> list[str]:
+    """Statements of a schema file: separated by ';' at the end of a line; '--' comments dropped."""
+    lines = [line for line in sql.splitlines() if not line.lstrip().startswith("--")]
+    parts = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def migration_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
+    return sorted(p for p in schema_dir.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def migrate(client, schema_dir: Path = SCHEMA_DIR) -> list[str]:
+    """Apply numbered schema files not yet recorded in analytics.schema_migrations; return their names.
+
+    Every statement is idempotent (IF NOT EXISTS), so a crash between a file and its record is safe.
+    """
+    client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    client.command(
+        f"CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations "
+        "(version String, applied_at DateTime64(3) DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query(f"SELECT version FROM {DATABASE}.schema_migrations").result_rows}
+    applied = []
+    for path in migration_files(schema_dir):
+        if path.name in done:
+            continue
+        for statement in split_statements(path.read_text()):
+            client.command(statement)
+        client.insert(f"{DATABASE}.schema_migrations", [[path.name]], column_names=["version"])
+        applied.append(path.name)
+        log.info("applied migration %s", path.name)
+    return applied

@@ -1,0 +1,320 @@
+"""The event registry and beacon validation: parameters in, a spool row or a Rejection out.
+
+Pure: no I/O, no clock, no ClickHouse. The hot path does only what the acknowledgement needs
+(split on '&'/'=', check the few typed fields); decoding every value into typed columns is done
+by ClickHouse in the materialized view `analytics.events_mv` (schema/001_events.sql).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+from urllib.parse import unquote_to_bytes
+
+# ---------------------------------------------------------------------------------------------
+# Field catalogue: parameter name -> (column name, type). Types: "int", "float", "str".
+
+_DOCUMENT_FIELDS = {
+    "eventType": ("event_type", "int"),
+    "partnerId": ("partner_id", "int"),
+    "entryId": ("entry_id", "str"),
+    "flavourId": ("flavour_id", "str"),
+    "sessionId": ("session_id", "str"),
+    "eventIndex": ("event_index", "int"),
+    "bufferTime": ("buffer_time", "float"),
+    "actualBitrate": ("actual_bitrate", "float"),
+    "preferredBitrate": ("preferred_bitrate", "float"),
+    "referrer": ("referrer", "str"),
+    "deliveryType": ("delivery_type", "str"),
+    "playbackType": ("playback_type", "str"),
+    "kalsig": ("kalsig", "str"),
+    "sessionStartTime": ("session_start_time", "int"),
+    "uiConfId": ("ui_conf_id", "int"),
+    "clientVer": ("client_ver", "str"),
+    "clientTag": ("client_tag", "str"),
+    "position": ("position", "float"),
+    "playbackContext": ("playback_context", "str"),
+    "customVar1": ("custom_var1", "str"),
+    "customVar2": ("custom_var2", "str"),
+    "customVar3": ("custom_var3", "str"),
+    "socialNetwork": ("social_network", "str"),
+    "reportType": ("report_type", "str"),
+    "targetPosition": ("target_position", "float"),
+    "caption": ("caption", "str"),
+    "playbackSpeed": ("playback_speed", "float"),
+    # ks is a credential: it is never stored raw (see ingestd.ks), so it has no column here.
+    "ks": (None, "str"),
+}
+
+# Parameters the Kaltura player's KAVA plugin sends beyond the document.
+_KAVA_FIELDS = {
+    "userId": ("user_id", "str"),
+    "applicationVer": ("application_ver", "str"),
+    "playlistId": ("playlist_id", "str"),
+    "bufferTimeSum": ("buffer_time_sum", "float"),
+    "playTimeSum": ("play_time_sum", "float"),
+    "averageBitrate": ("average_bitrate", "float"),
+    "joinTime": ("join_time", "float"),
+    "canPlay": ("can_play", "float"),
+    "playerJSLoadTime": ("player_js_load_time", "float"),
+    "audioLanguage": ("audio_language", "str"),
+    "captionsLanguage": ("captions_language", "str"),
+    "soundMode": ("sound_mode", "int"),
+    "tabMode": ("tab_mode", "int"),
+    "forwardBufferHealth": ("forward_buffer_health", "float"),
+    "manifestDownloadTime": ("manifest_download_time", "float"),
+    "segmentDownloadTime": ("segment_download_time", "float"),
+    "bandwidth": ("bandwidth", "float"),
+    "droppedFramesRatio": ("dropped_frames_ratio", "float"),
+    "targetBuffer": ("target_buffer", "float"),
+    "networkConnectionType": ("network_connection_type", "str"),
+    "networkConnectionOverhead": ("network_connection_overhead", "float"),
+    "flavorParamsId": ("flavor_params_id", "int"),
+    "language": ("language", "str"),
+    "errorCode": ("error_code", "str"),
+    "errorDetails": ("error_details", "str"),
+    "errorPosition": ("error_position", "int"),
+    "playerSkin": ("player_skin", "str"),
+    "virtualEventId": ("virtual_event_id", "int"),
+    "persistentSessionId": ("persistent_session_id", "str"),
+    "application": ("application", "str"),
+    "kalturaApplication": ("kaltura_application", "str"),
+    "kalturaApplicationVer": ("kaltura_application_ver", "str"),
+    "buttonName": ("button_name", "str"),
+    "buttonType": ("button_type", "str"),
+    "buttonValue": ("button_value", "str"),
+    "buttonInfo": ("button_info", "str"),
+    "pageName": ("page_name", "str"),
+    "pageType": ("page_type", "str"),
+    "pageLoadType": ("page_load_type", "str"),
+}
+
+FIELDS: dict[str, tuple[str | None, str]] = {**_DOCUMENT_FIELDS, **_KAVA_FIELDS}
+COLUMNS: dict[str, str] = {name: col for name, (col, _) in FIELDS.items() if col}
+
+# ---------------------------------------------------------------------------------------------
+# Event types: the document's 25, then KAVA's and the application events.
+
+_BASE = ("eventType", "partnerId", "entryId", "flavourId", "sessionId", "eventIndex")
+_PLAYBACK = _BASE + ("bufferTime", "actualBitrate", "preferredBitrate")
+OPTIONAL_DOCUMENT = (
+    "ks", "playbackContext", "referrer", "deliveryType", "playbackType", "kalsig",
+    "sessionStartTime", "uiConfId", "clientVer", "clientTag", "position",
+    "customVar1", "customVar2", "customVar3",
+)
+_APP_BASE = ("eventType", "partnerId", "sessionId", "eventIndex")
+
+# type id -> (name, required parameters, from the document?)
+_TYPES: dict[int, tuple[str, tuple[str, ...], bool]] = {
+    1: ("Player Impression", _BASE, True),
+    2: ("Play Requested", _BASE, True),
+    3: ("Play", _PLAYBACK, True),
+    4: ("Resume", _PLAYBACK, True),
+    11: ("Play reached 25%", _BASE, True),
+    12: ("Play reached 50%", _BASE, True),
+    13: ("Play reached 75%", _BASE, True),
+    14: ("Play reached 100%", _BASE, True),
+    21: ("Share Clicked", _BASE, True),
+    22: ("Shared", _BASE + ("socialNetwork",), True),
+    23: ("Download clicked", _BASE, True),
+    24: ("Report clicked", _BASE, True),
+    25: ("Report submitted", _BASE + ("reportType",), True),
+    31: ("Enter fullscreen", _BASE, True),
+    32: ("Exit fullscreen", _BASE, True),
+    33: ("Pause clicked", _BASE, True),
+    34: ("Replay clicked", _BASE, True),
+    35: ("Seek", _BASE + ("targetPosition",), True),
+    36: ("relatedClicked", _BASE, True),
+    37: ("relatedSelected", _BASE, True),
+    38: ("captions", _BASE + ("caption",), True),
+    39: ("sourceSelected", _BASE, True),
+    40: ("info", _BASE, True),
+    41: ("speed", _BASE + ("playbackSpeed",), True),
+    99: ("View", _PLAYBACK, True),
+    # KAVA beyond the document
+    15: ("Play reached 90%", _BASE, False),
+    42: ("Audio selected", _BASE + ("language",), False),
+    43: ("Flavor switch", _BASE + ("flavorParamsId",), False),
+    45: ("Buffer start", _BASE, False),
+    46: ("Buffer end", _BASE, False),
+    98: ("Error", _BASE + ("errorCode",), False),
+    10002: ("Button clicked", _APP_BASE + ("buttonName", "buttonType"), False),
+    10003: ("Page load", _APP_BASE + ("pageName", "pageType"), False),
+}
+
+APPLICATION_EVENT_TYPES = frozenset({10002, 10003})
+
+
+@dataclass(frozen=True, slots=True)
+class EventType:
+    id: int
+    name: str
+    required: frozenset[str]
+    optional: frozenset[str]
+    in_document: bool
+
+    @property
+    def label(self) -> str:
+        return f"eventType {self.id} ({self.name})"
+
+
+def _build_registry() -> dict[int, EventType]:
+    registry = {}
+    for type_id, (name, required, in_document) in _TYPES.items():
+        optional = frozenset(OPTIONAL_DOCUMENT) | frozenset(_KAVA_FIELDS)
+        if type_id in APPLICATION_EVENT_TYPES:
+            optional |= {"entryId", "flavourId"}
+        registry[type_id] = EventType(
+            type_id, name, frozenset(required), optional - frozenset(required), in_document
+        )
+    return registry
+
+
+REGISTRY: dict[int, EventType] = _build_registry()
+# bytes keys for the hot path, which never decodes a parameter name unless it is escaped
+_REGISTRY_BY_RAW: dict[bytes, EventType] = {str(k).encode(): v for k, v in REGISTRY.items()}
+INT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "int")
+FLOAT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "float")
+_NUMERIC_RAW = {n.encode(): (n, t) for n, (_, t) in FIELDS.items() if t != "str"}
+_REQUIRED_RAW = {t.id: tuple((n, n.encode()) for n in sorted(t.required)) for t in REGISTRY.values()}
+
+# ---------------------------------------------------------------------------------------------
+# Rejections: a small fixed set of reasons (metric labels) with a specific one-line message.
+
+REASONS = (
+    "missing_event_type", "unknown_event_type", "missing_partner_id", "bad_partner_id",
+    "missing_entry_id", "bad_number", "missing_required", "bad_request",
+)
+
+
+class Rejection(Exception):
+    """A beacon that fails validation: `reason` is one of REASONS, `message` is for the client."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+# Numbers in the forms ClickHouse's toInt64OrNull / toFloat64OrNull read back the same way.
+_INT_RE = re.compile(rb"-?[0-9]{1,18}")
+_FLOAT_RE = re.compile(rb"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+
+
+def form_decode(raw: bytes) -> bytes:
+    """Decode one application/x-www-form-urlencoded component ('+' is a space); never raises."""
+    if b"+" in raw:
+        raw = raw.replace(b"+", b" ")
+    if b"%" in raw:
+        raw = unquote_to_bytes(raw)  # bad escapes such as '%zz' are kept as they are
+    return raw
+
+
+def split_query(query: bytes) -> dict[bytes, bytes]:
+    """Split a query string into {name: raw value}; the first of repeated names wins.
+
+    Values stay percent-encoded: most need no decoding to be validated, and ClickHouse decodes
+    them at insert time. Names are decoded only when they contain an escape.
+    """
+    params: dict[bytes, bytes] = {}
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        if b"%" in name or b"+" in name:
+            name = form_decode(name)
+        if name and name not in params:
+            params[name] = value
+    return params
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _check_number(name: str, kind: str, raw: bytes, label: str) -> None:
+    if raw.isdigit() and len(raw) <= 18:  # the common case: plain digits, no decoding needed
+        return
+    value = form_decode(raw)
+    if (_INT_RE if kind == "int" else _FLOAT_RE).fullmatch(value):
+        return
+    noun = "an integer" if kind == "int" else "a number"
+    raise Rejection("bad_number", f"{label}: {name} {_shorten(value)!r} is not {noun}")
+
+
+def _shorten(value: bytes, limit: int = 40) -> str:
+    text = _text(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def body_params(obj: dict) -> dict[bytes, bytes]:
+    """A JSON object body as raw parameters (values JSON-decoded, so already plain text)."""
+    from orjson import dumps  # local: only JSON POSTs need it
+
+    out: dict[bytes, bytes] = {}
+    for key, value in obj.items():
+        if isinstance(value, str):
+            raw = value.encode("utf-8", "surrogatepass")
+        elif value is None:
+            raw = b""
+        elif value is True or value is False:
+            raw = b"true" if value else b"false"
+        else:
+            raw = dumps(value)
+        out[key.encode("utf-8", "surrogatepass")] = raw
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """What the spool needs of a valid beacon besides its raw parameters."""
+
+    event_type: EventType
+    missing: list[str]
+
+
+def validate(query: dict[bytes, bytes], body: dict[bytes, bytes] | None, strict: bool) -> Validated:
+    """Check one beacon. `query` values are still form-encoded; `body` values (JSON) are plain.
+
+    Raises Rejection with a one-line reason; returns the event type and the names of required
+    fields that are missing or empty (accepted in default mode, rejected in strict mode).
+    """
+    if body:
+        decoded = {k: form_decode(v) for k, v in query.items()}
+        merged = {**body, **decoded}  # the query string wins over the body
+    else:
+        merged = query
+    raw_type = merged.get(b"eventType")
+    if not raw_type:
+        raise Rejection("missing_event_type", "eventType is missing")
+    event_type = _REGISTRY_BY_RAW.get(raw_type)
+    if event_type is None:
+        event_type = _REGISTRY_BY_RAW.get(form_decode(raw_type).strip())
+        if event_type is None:
+            raise Rejection(
+                "unknown_event_type", f"eventType {_shorten(form_decode(raw_type))!r} is not a known event type"
+            )
+    label = event_type.label
+    partner = merged.get(b"partnerId")
+    if not partner:
+        raise Rejection("missing_partner_id", f"{label}: partnerId is missing")
+    if not partner.isdigit() and not _INT_RE.fullmatch(form_decode(partner)):
+        raise Rejection("bad_partner_id", f"{label}: partnerId {_shorten(form_decode(partner))!r} is not an integer")
+    if event_type.id not in APPLICATION_EVENT_TYPES and not merged.get(b"entryId"):
+        raise Rejection("missing_entry_id", f"{label}: entryId is missing or empty")
+    for raw_name in _NUMERIC_RAW.keys() & merged.keys():
+        raw = merged[raw_name]
+        if raw:  # an empty numeric field is a missing one, not a bad number
+            name, kind = _NUMERIC_RAW[raw_name]
+            _check_number(name, kind, raw, label)
+    missing = [name for name, raw_name in _REQUIRED_RAW[event_type.id] if not merged.get(raw_name)]
+    if missing and strict:
+        raise Rejection("missing_required", f"{label}: missing {', '.join(missing)}")
+    return Validated(event_type, missing)
+
+
+def describe(types: Iterable[int] | None = None) -> list[str]:
+    """One line per event type, for `ingestd events` and docs."""
+    rows = []
+    for type_id in sorted(types or REGISTRY):
+        t = REGISTRY[type_id]
+        rows.append(f"{t.id:>6}  {t.name:<20} required: {', '.join(sorted(t.required))}")
+    return rows

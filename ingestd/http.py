@@ -1,0 +1,325 @@
+"""HTTP/1.x on httptools: keep-alive, pipelining, limits. Knows HTTP and nothing of events or storage.
+
+The protocol hands each complete request to `app.handle(request)`, which returns either a
+`Response` or a `Ticket` (a response decided later, e.g. after the spool's group commit).
+Replies go out strictly in request order: a connection writes the longest resolved prefix.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from email.utils import formatdate
+
+import httptools
+
+# Bounds, each with its reason.
+MAX_URL_BYTES = 8192  # request line: beacons are ~1 KiB; 8 KiB is what nginx and most CDNs allow
+MAX_HEADER_BYTES = 8192  # all header lines together, same reason
+MAX_BODY_BYTES = 64 * 1024  # a JSON beacon is ~2 KiB; anything far larger is not a beacon
+MAX_PIPELINE = 64  # replies queued on one connection before we stop reading from it
+HEADER_TIMEOUT = 10.0  # seconds to send a complete request head (slowloris)
+IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit idle between requests
+WRITE_HIGH_WATER = 256 * 1024  # transport buffer above which we stop reading (slow reader)
+
+STATUS_TEXT = {
+    200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
+    414: b"URI Too Long", 429: b"Too Many Requests", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 503: b"Service Unavailable",
+}
+_COMMON = b"access-control-allow-origin: *\r\n"
+
+
+class Response:
+    """A complete reply. `headers` is preformatted bytes (each line ending in CRLF)."""
+
+    __slots__ = ("status", "body", "content_type", "headers", "close")
+
+    def __init__(self, status: int, body: bytes = b"", content_type: bytes = b"text/plain",
+                 headers: bytes = b"", close: bool = False):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+        self.close = close
+
+
+class Ticket:
+    """A reply decided later: `resolve(response)` is called once, then the connection writes it."""
+
+    __slots__ = ("response", "waiters")
+
+    def __init__(self):
+        self.response: Response | None = None
+        self.waiters: list[HttpProtocol] = []
+
+    def resolve(self, response: Response) -> None:
+        self.response = response
+        waiters, self.waiters = self.waiters, []
+        for conn in waiters:
+            conn.write_ready()
+
+
+class Request:
+    """One parsed request: what the app needs and nothing more."""
+
+    __slots__ = ("method", "path", "query", "headers", "body", "peer", "received_at", "keep_alive", "conn")
+
+    def __init__(self, method, path, query, headers, body, peer, received_at, keep_alive, conn):
+        self.method: bytes = method
+        self.path: bytes = path
+        self.query: bytes = query
+        self.headers: dict[bytes, bytes] = headers  # lower-cased names, only those the app asked for
+        self.body: bytes = body
+        self.peer: str = peer
+        self.received_at: float = received_at
+        self.keep_alive: bool = keep_alive
+        self.conn: HttpProtocol = conn
+
+
+class Clock:
+    """Wall-clock values that change once a second, rebuilt on a tick instead of per request."""
+
+    def __init__(self):
+        self.tick()
+
+    def tick(self) -> None:
+        now = time.time()
+        self.seconds = int(now)
+        self.date_header = b"date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+
+
+CLOCK = Clock()
+
+
+def render(response: Response, keep_alive: bool) -> bytes:
+    """The bytes of one response."""
+    close = response.close or not keep_alive
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\n" % (response.status, STATUS_TEXT.get(response.status, b"Unknown")),
+        CLOCK.date_header,
+        b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(response.body)),
+        _COMMON,
+        response.headers,
+        b"connection: close\r\n\r\n" if close else b"\r\n",
+        response.body,
+    ))
+
+
+class Limits:
+    """The per-connection bounds; defaults are the named constants above."""
+
+    __slots__ = ("max_url", "max_headers", "max_body", "header_timeout", "idle_timeout")
+
+    def __init__(self, max_url=MAX_URL_BYTES, max_headers=MAX_HEADER_BYTES, max_body=MAX_BODY_BYTES,
+                 header_timeout=HEADER_TIMEOUT, idle_timeout=IDLE_TIMEOUT):
+        self.max_url = max_url
+        self.max_headers = max_headers
+        self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def error_response(status: int, reason: str, close: bool = True) -> Response:
+    return Response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One connection. Created by the server per accepted socket."""
+
+    __slots__ = (
+        "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
+        "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
+        "in_request", "request_started",
+    )
+
+    def __init__(self, app, limits: Limits | None = None):
+        self.app = app
+        self.limits = limits or Limits()
+        self.wanted_headers: frozenset[bytes] = app.wanted_headers
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.url = b""
+        self.headers: dict[bytes, bytes] = {}
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.outbox: deque = deque()  # (Response | Ticket, keep_alive)
+        self.closing = False
+        self.paused = False
+        self.write_paused = False
+        self.last_activity = time.monotonic()
+        self.in_request = False
+        self.request_started = 0.0
+
+    # -- asyncio callbacks ----------------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.app.connection_made(self)
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self.app.connection_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = time.monotonic()
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrade is not supported")
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__  # httptools wraps what a callback raised
+            if isinstance(cause, HttpError):
+                self._fail(cause.status, cause.reason)
+            else:
+                self._fail(400, f"malformed HTTP request: {str(exc) or type(exc).__name__}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._update_reading()
+
+    # -- httptools callbacks (only those we need are defined) -----------------------------------
+    def on_message_begin(self) -> None:
+        self.in_request = True
+        self.request_started = self.last_activity
+        self.url = b""
+        self.headers = {}
+        self.header_bytes = 0
+        self.body = []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_url:
+            raise HttpError(414, f"request target over {self.limits.max_url} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.limits.max_headers:
+            raise HttpError(431, f"request headers over {self.limits.max_headers} bytes")
+        name = name.lower()
+        if name in self.wanted_headers:
+            if name in self.headers:  # repeated header: join as RFC 9110 allows for lists
+                self.headers[name] += b", " + value
+            else:
+                self.headers[name] = value
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get(b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body:
+            raise HttpError(413, f"request body over {self.limits.max_body} bytes")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+        if sum(map(len, self.body)) > self.limits.max_body:
+            raise HttpError(413, f"request body over {self.limits.max_body} bytes")
+
+    def on_message_complete(self) -> None:
+        self.in_request = False
+        parser = self.parser
+        keep_alive = parser.should_keep_alive()
+        url = self.url
+        path, _, query = url.partition(b"?")
+        if b"#" in query:
+            query = query.partition(b"#")[0]
+        request = Request(
+            parser.get_method(), path, query, self.headers,
+            b"".join(self.body) if self.body else b"", self.peer, time.time(), keep_alive, self,
+        )
+        try:
+            reply = self.app.handle(request)
+        except Exception as exc:  # the app must never take the connection down with it
+            self.app.handle_error(request, exc)
+            reply = error_response(500, "internal error", close=False)
+        self.outbox.append((reply, keep_alive))
+        if not keep_alive:
+            self.closing = True
+        if type(reply) is Ticket and reply.response is None:
+            reply.waiters.append(self)
+            if len(self.outbox) >= MAX_PIPELINE:
+                self._update_reading()
+        else:
+            self.write_ready()
+
+    # -- replies ----------------------------------------------------------------------------------
+    def write_ready(self) -> None:
+        """Write every reply at the head of the outbox that is decided; close when done and asked to."""
+        outbox = self.outbox
+        chunks = []
+        close = False
+        while outbox:
+            reply, keep_alive = outbox[0]
+            if type(reply) is Ticket:
+                if reply.response is None:
+                    break
+                reply = reply.response
+            outbox.popleft()
+            chunks.append(render(reply, keep_alive))
+            if reply.close or not keep_alive:
+                close = True
+                outbox.clear()
+                break
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if chunks:
+            transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        if close or (self.closing and not outbox):
+            self.closing = True
+            transport.close()
+        elif self.paused:
+            self._update_reading()
+
+    def _fail(self, status: int, reason: str) -> None:
+        """A protocol error: answer after what is already queued, then close."""
+        self.closing = True
+        self.app.protocol_error(self, status)
+        self.outbox.append((error_response(status, reason), False))
+        self.write_ready()
+
+    def _update_reading(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        should_pause = self.write_paused or len(self.outbox) >= MAX_PIPELINE
+        if should_pause and not self.paused:
+            self.paused = True
+            transport.pause_reading()
+        elif not should_pause and self.paused:
+            self.paused = False
+            transport.resume_reading()
+
+    def check_timeout(self, now: float) -> bool:
+        """Called by the server's sweep once a second: close a slow or idle connection. True if closed."""
+        if self.transport is None or self.transport.is_closing() or self.outbox:
+            return False
+        if self.in_request and now - self.request_started > self.limits.header_timeout:
+            self.app.protocol_error(self, 408)
+            self.transport.write(render(error_response(408, "request not completed in time"), False))
+            self.transport.close()
+            return True
+        if not self.in_request and now - self.last_activity > self.limits.idle_timeout:
+            self.transport.close()
+            return True
+        return False
+
+    def shutdown(self) -> None:
+        """Called by the server to commence a graceful shutdown: finish what is queued, then close."""
+        self.closing = True
+        if self.transport is not None and not self.outbox and not self.in_request:
+            self.transport.close()

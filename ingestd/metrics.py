@@ -1,0 +1,80 @@
+"""Process metrics: plain counters bumped on the hot path, formatted as Prometheus text at scrape time."""
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Metrics:
+    """Counters of one process. Label values come from small fixed sets (statuses, types, reasons)."""
+
+    def __init__(self):
+        self.responses = Counter()  # status -> count
+        self.events_accepted = Counter()  # event type id -> count
+        self.events_rejected = Counter()  # reason -> count
+        self.view_events_disabled = 0
+        self.spool_commits = 0
+        self.spool_write_errors = 0
+        self.connections_open = 0
+        self.connections_total = 0
+        self.connections_refused = 0
+        self.connections_timed_out = 0
+        self.rate_limited = 0
+        self.protocol_errors = Counter()  # status -> count
+        self.batches_shipped = 0
+        self.rows_shipped = 0
+        self.bytes_shipped = 0
+        self.ship_failures = 0
+        self.segments_quarantined = 0
+        self.insert_seconds_sum = 0.0
+        self.insert_seconds_count = 0
+        self.batch_rows_last = 0
+        self.gauges: dict[str, callable] = {}  # name -> function returning the current value
+
+    def render(self) -> str:
+        lines = []
+
+        def counter(name, help_text, values, label=None):
+            lines.append(f"# HELP {name} {help_text}")
+            lines.append(f"# TYPE {name} counter")
+            if label is None:
+                lines.append(f"{name} {values}")
+            else:
+                for key, value in sorted(values.items(), key=lambda kv: str(kv[0])):
+                    lines.append(f'{name}{{{label}="{key}"}} {value}')
+
+        counter("ingestd_http_responses_total", "HTTP responses by status.", self.responses, "status")
+        counter("ingestd_events_accepted_total", "Beacons accepted (spooled) by event type.",
+                self.events_accepted, "type")
+        counter("ingestd_events_rejected_total", "Beacons rejected by reason.", self.events_rejected, "reason")
+        counter("ingestd_http_protocol_errors_total", "Requests refused at the HTTP layer, by status.",
+                self.protocol_errors, "status")
+        counter("ingestd_view_events_disabled_total",
+                "JSON beacons answered viewEventsEnabled=false (load shedding).", self.view_events_disabled)
+        counter("ingestd_spool_commits_total", "Group commits (write calls) to the spool.", self.spool_commits)
+        counter("ingestd_spool_write_errors_total", "Failed spool writes (answered 503).", self.spool_write_errors)
+        counter("ingestd_connections_total", "Connections accepted.", self.connections_total)
+        counter("ingestd_connections_refused_total", "Connections refused over --max-connections.",
+                self.connections_refused)
+        counter("ingestd_connections_timed_out_total", "Connections closed by the header timeout.",
+                self.connections_timed_out)
+        counter("ingestd_rate_limited_total", "Requests answered 429 by the per-IP rate limit.", self.rate_limited)
+        counter("ingestd_batches_shipped_total", "Segments inserted into ClickHouse.", self.batches_shipped)
+        counter("ingestd_rows_shipped_total", "Rows inserted into ClickHouse.", self.rows_shipped)
+        counter("ingestd_bytes_shipped_total", "Spool bytes inserted into ClickHouse.", self.bytes_shipped)
+        counter("ingestd_ship_failures_total", "Failed insert attempts (retried).", self.ship_failures)
+        counter("ingestd_segments_quarantined_total", "Segments ClickHouse refused for good (moved aside).",
+                self.segments_quarantined)
+        lines.append("# HELP ingestd_insert_seconds Time spent in ClickHouse inserts.")
+        lines.append("# TYPE ingestd_insert_seconds summary")
+        lines.append(f"ingestd_insert_seconds_sum {self.insert_seconds_sum:.6f}")
+        lines.append(f"ingestd_insert_seconds_count {self.insert_seconds_count}")
+        lines.append("# HELP ingestd_batch_rows_last Rows in the last shipped segment.")
+        lines.append("# TYPE ingestd_batch_rows_last gauge")
+        lines.append(f"ingestd_batch_rows_last {self.batch_rows_last}")
+        lines.append("# HELP ingestd_connections_open Connections open now.")
+        lines.append("# TYPE ingestd_connections_open gauge")
+        lines.append(f"ingestd_connections_open {self.connections_open}")
+        for name, fn in sorted(self.gauges.items()):
+            lines.append(f"# TYPE {name} gauge")
+            lines.append(f"{name} {fn()}")
+        return "\n".join(lines) + "\n"

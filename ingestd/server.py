@@ -1,0 +1,168 @@
+"""Wiring: event loop, listeners, spool, sink, admin, signals and the shutdown order. No logic of its own."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import uvloop
+
+from . import __version__, clickhouse, sdnotify
+from .admin import READY_BACKLOG_SEGMENTS
+from .admin import start as start_admin
+from .beacon import BeaconApp
+from .config import Settings, split_address
+from .http import CLOCK, HttpProtocol, Limits
+from .metrics import Metrics
+from .sink import Sink
+from .spool import Spool
+
+log = logging.getLogger("ingestd.server")
+
+TICK_SECONDS = 0.25  # clock, segment age and timeout checks; a segment is sealed at most this late
+LISTEN_BACKLOG = 4096
+
+
+def bind(address: str, reuse_port: bool = False) -> socket.socket:
+    """A listening TCP socket for HOST:PORT (port 0 picks a free one)."""
+    host, port = split_address(address)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+class Server:
+    """One ingestd process: the beacon listener, the admin listener, the spool and its sink."""
+
+    def __init__(self, settings: Settings, beacon_sock: socket.socket, admin_sock: socket.socket | None):
+        self.settings = settings
+        self.beacon_sock = beacon_sock
+        self.admin_sock = admin_sock
+        self.metrics = Metrics()
+        self.hold = threading.Event()
+        if settings.hold_shipping:
+            self.hold.set()
+        self.spool = Spool(
+            Path(settings.spool),
+            segment_max_bytes=settings.segment_max_bytes,
+            segment_max_age=settings.segment_max_age_ms / 1000,
+            max_bytes=settings.spool_max_bytes,
+            fsync_interval=settings.fsync_interval_ms / 1000 if settings.fsync == "interval" else None,
+        )
+        self.sink = Sink(settings.clickhouse, [Path(settings.spool)], self.metrics,
+                         release=self.spool.release, hold=self.hold)
+        self.spool.on_sealed = self.sink.notify
+        self.limits = Limits(header_timeout=settings.header_timeout, idle_timeout=settings.idle_timeout)
+        self.stopped = None
+        self.app: BeaconApp | None = None
+        m = self.metrics
+        m.gauges["ingestd_spool_bytes"] = lambda: self.spool.bytes_on_disk
+        m.gauges["ingestd_spool_segments"] = lambda: self.sink.backlog_segments
+        m.gauges["ingestd_clickhouse_connected"] = lambda: int(self.sink.connected.is_set())
+        m.gauges["ingestd_shipping_held"] = lambda: int(self.hold.is_set())
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz answers 503, or None."""
+        if self.spool.over_cap:
+            return "spool over its cap: beacons are answered 503"
+        if self.sink.backlog_segments > READY_BACKLOG_SEGMENTS:
+            return f"replaying a backlog of {self.sink.backlog_segments} segments"
+        return None
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        self.app = BeaconApp(self.spool, self.metrics, loop, strict=self.settings.strict)
+        app, limits = self.app, self.limits
+        beacon = await loop.create_server(lambda: HttpProtocol(app, limits), sock=self.beacon_sock,
+                                          backlog=LISTEN_BACKLOG)
+        admin = None
+        if self.admin_sock is not None:
+            admin, _ = await start_admin(self, loop, self.admin_sock, Limits(max_body=1 << 20))
+        self.sink.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopped.set)
+        ticker = loop.create_task(self._tick())
+        log.info("ingestd %s serving beacons on %s, admin on %s", __version__,
+                 "%s:%d" % self.beacon_sock.getsockname()[:2],
+                 "%s:%d" % self.admin_sock.getsockname()[:2] if self.admin_sock else "-",
+                 extra={"version": __version__, "config": self.settings.redacted()})
+        sdnotify.notify("READY=1")
+        await self.stopped.wait()
+        sdnotify.notify("STOPPING=1")
+        await self._shutdown(beacon, admin, ticker)
+
+    async def _tick(self) -> None:
+        """Once per TICK_SECONDS: the clock (and the 200 bodies), segment age, connection timeouts."""
+        last_sweep = 0.0
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            now_s = int(time.time())
+            if now_s != CLOCK.seconds:
+                CLOCK.tick()
+                self.app.refresh()
+            self.spool.seal_if_due()
+            now = time.monotonic()
+            if now - last_sweep >= 1.0:
+                last_sweep = now
+                for conn in list(self.app.connections):
+                    if conn.check_timeout(now):
+                        self.metrics.connections_timed_out += 1
+
+    async def _shutdown(self, beacon, admin, ticker) -> None:
+        """Stop accepting, answer in-flight requests, seal, ship within the drain timeout."""
+        log.info("shutting down: draining connections and the spool")
+        beacon.close()
+        for conn in list(self.app.connections):
+            conn.shutdown()
+        deadline = time.monotonic() + min(2.0, self.settings.drain_timeout)
+        while self.app.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self.app.accepting = False
+        self.app.commit()
+        ticker.cancel()
+        self.spool.close()
+        loop = asyncio.get_running_loop()
+        drained = await loop.run_in_executor(None, self.sink.drain, self.settings.drain_timeout)
+        self.sink.stop()
+        await loop.run_in_executor(None, self.sink.join, 5.0)
+        if admin is not None:
+            admin.close()
+        left = len(self.sink.pending())
+        if drained:
+            log.info("shutdown complete: spool shipped")
+        else:
+            log.warning("shutdown: %d segments left in the spool for the next start", left)
+
+
+def serve(settings: Settings, beacon_sock=None, admin_sock=None) -> int:
+    """Run one ingestd process until SIGTERM/SIGINT; sockets may be passed in already bound."""
+    beacon_sock = beacon_sock or bind(settings.listen, reuse_port=settings.workers > 1)
+    if admin_sock is None and settings.admin:
+        admin_sock = bind(settings.admin)
+    server = Server(settings, beacon_sock, admin_sock)
+    uvloop.run(server.run())
+    return 0
+
+
+def migrate_only(dsn: str, cluster: str = "") -> list[str]:
+    client = clickhouse.connect(dsn)
+    try:
+        return clickhouse.migrate(client)
+    finally:
+        client.close()
+
+
+def pid() -> int:
+    return os.getpid()

@@ -1,0 +1,215 @@
+"""The ClickHouse writer: a thread that ships sealed spool segments, oldest first, exactly once.
+
+Owns its own clickhouse-connect client (the chDB backend serialises calls per client). Each
+segment is one insert of its own bytes (JSONCompactEachRow) with insert_deduplication_token =
+segment name, so a replay after a crash is the same insert and ClickHouse drops the duplicate.
+A segment is deleted only after ClickHouse confirmed it; on a transient error it is retried with
+capped exponential backoff; one ClickHouse can never accept is quarantined, not deleted.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from . import clickhouse
+from .spool import quarantine, recover, sealed_segments
+
+log = logging.getLogger("ingestd.sink")
+
+INCOMING_TABLE = "analytics.events_incoming"
+FORMAT = "JSONCompactEachRow"
+BACKOFF_FIRST = 0.2  # seconds
+BACKOFF_MAX = 30.0  # a ClickHouse restart takes seconds; retry at least twice a minute
+
+# ClickHouse error codes that will fail the same way on every retry: bad data or schema.
+PERMANENT_ERROR_CODES = {
+    6, 26, 27, 32, 33, 38, 41, 53, 62, 69, 70, 72, 117, 130, 131, 169, 190, 349,
+}
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code in an exception's text ('Code: 117. DB::Exception…'), if any."""
+    text = str(exc)
+    marker = text.find("Code: ")
+    if marker < 0:
+        return None
+    digits = ""
+    for ch in text[marker + 6:]:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else None
+
+
+def is_permanent(exc: BaseException) -> bool:
+    return error_code(exc) in PERMANENT_ERROR_CODES
+
+
+def ship_segment(client, path: Path) -> int:
+    """Insert one segment; return its row count. Raises what ClickHouse raised."""
+    data = path.read_bytes()
+    if data:
+        settings = dict(clickhouse.INSERT_SETTINGS, insert_deduplication_token=path.stem)
+        client.raw_insert(INCOMING_TABLE, None, data, settings=settings, fmt=FORMAT)
+    return data.count(b"\n")
+
+
+class Sink(threading.Thread):
+    """Ships every sealed segment under `directories` until stopped; connects and migrates first."""
+
+    def __init__(self, dsn: str, directories: list[Path], metrics, *, release=None, migrate: bool = True,
+                 hold: threading.Event | None = None):
+        super().__init__(name="ingestd-sink", daemon=True)
+        self.dsn = dsn
+        self.directories = [Path(d) for d in directories]
+        self.metrics = metrics
+        self.release = release or (lambda size: None)
+        self.migrate = migrate
+        self.hold = hold  # while set, nothing is shipped (the benchmark's collector-only window)
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.connected = threading.Event()
+        self.client = None
+        self.last_error: str | None = None
+        self.backlog_segments = 0
+        self.backlog_bytes = 0
+        self.last_shipped_at = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def notify(self, path=None) -> None:
+        """Called by the spool when a segment is sealed."""
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every sealed segment is shipped (or the timeout); True when nothing is left."""
+        deadline = time.monotonic() + timeout
+        self.wake.set()
+        while time.monotonic() < deadline:
+            if not self.pending():
+                return True
+            time.sleep(0.05)
+        return not self.pending()
+
+    def pending(self) -> list[Path]:
+        return [p for d in self.directories for p in sealed_segments(d)]
+
+    # -- the thread ---------------------------------------------------------------------------------
+    def run(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self.stopping.is_set():
+            try:
+                if self.client is None:
+                    self._connect()
+                if self.hold is not None and self.hold.is_set():
+                    self.wake.wait(0.1)
+                    continue
+                shipped = self.ship_pending()
+                backoff = BACKOFF_FIRST
+                if not shipped:
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+            except Exception as exc:  # noqa: BLE001 - every failure is retried or quarantined below
+                self.metrics.ship_failures += 1
+                self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                log.warning("ClickHouse not reachable or insert failed (retry in %.1fs): %s",
+                            backoff, self.last_error)
+                if self.client is not None and not self.connected.is_set():
+                    self._close_client()
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+        self._close_client()
+
+    def _connect(self) -> None:
+        client = clickhouse.connect(self.dsn)
+        try:
+            if self.migrate:
+                clickhouse.migrate(client)
+        except Exception:
+            client.close()
+            raise
+        self.client = client
+        self.connected.set()
+        self.last_error = None
+        log.info("connected to ClickHouse %s", clickhouse.redact(self.dsn))
+
+    def _close_client(self) -> None:
+        if self.client is not None:
+            try:
+                self.client.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.client = None
+            self.connected.clear()
+
+    def ship_pending(self) -> int:
+        """Ship what is sealed now, oldest first; return how many segments were shipped."""
+        segments = sorted(self.pending(), key=lambda p: p.name)
+        self.backlog_segments = len(segments)
+        shipped = 0
+        for path in segments:
+            if self.stopping.is_set():
+                break
+            if self.hold is not None and self.hold.is_set():
+                break
+            self._ship_one(path)
+            shipped += 1
+            self.backlog_segments -= 1
+        return shipped
+
+    def _ship_one(self, path: Path) -> None:
+        size = path.stat().st_size
+        started = time.monotonic()
+        try:
+            rows = ship_segment(self.client, path)
+        except Exception as exc:
+            if is_permanent(exc):
+                target = quarantine(path)
+                self.release(size)
+                self.metrics.segments_quarantined += 1
+                log.error("ClickHouse refused segment %s for good; moved to %s: %s", path.name, target,
+                          str(exc).splitlines()[0][:300])
+                return
+            raise
+        elapsed = time.monotonic() - started
+        path.unlink()
+        self.release(size)
+        m = self.metrics
+        m.batches_shipped += 1
+        m.rows_shipped += rows
+        m.bytes_shipped += size
+        m.batch_rows_last = rows
+        m.insert_seconds_sum += elapsed
+        m.insert_seconds_count += 1
+        self.last_shipped_at = time.time()
+        log.debug("shipped %s: %d rows, %d bytes in %.3fs", path.name, rows, size, elapsed)
+
+
+def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[int, int]:
+    """Ship a spool directory without serving (`ingestd replay`); return (segments, rows)."""
+    recover(directory)
+    client = clickhouse.connect(dsn)
+    try:
+        if migrate:
+            clickhouse.migrate(client)
+        segments = rows = 0
+        for path in sealed_segments(directory):
+            try:
+                rows += ship_segment(client, path)
+            except Exception as exc:
+                if not is_permanent(exc):
+                    raise
+                quarantine(path)
+                metrics.segments_quarantined += 1
+                log.error("segment %s refused for good, quarantined: %s", path.name, exc)
+                continue
+            path.unlink()
+            segments += 1
+        return segments, rows
+    finally:
+        client.close()
