@@ -10,7 +10,7 @@ Runs (server pinned to SERVER_CPU, wrk to WRK_CPU, one wrk thread, the corpus of
 Prints one table and appends it, with date and git commit, to bench/RESULTS.md.
 
 Knobs (environment): DURATION (20 s), CONNECTIONS (64), WARMUP (3 s), RSS_SECONDS (60), REQUESTS
-(corpus size, 20000), SEED (1), TAIL (0.5 s of preflights closing each run, see corpus.lua),
+(corpus size, 20000), SEED (1), TAIL (1 s of preflights closing each run, see corpus.lua),
 ONLY (comma list of runs, e.g. ONLY=nginx,collector), RESULTS (file to append to; '-' for none),
 NOTE (a line written under the table, e.g. that the machine was shared).
 """
@@ -54,7 +54,7 @@ WARMUP = knob("WARMUP", 3)
 RSS_SECONDS = knob("RSS_SECONDS", 60)
 REQUESTS = knob("REQUESTS", 20000)
 SEED = knob("SEED", 1)
-TAIL = knob("TAIL", 0.5, float)
+TAIL = knob("TAIL", 1.0, float)
 ONLY = [s for s in os.environ.get("ONLY", "nginx,nginx-log,collector,e2e,rss").split(",") if s]
 RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
 NOTE = os.environ.get("NOTE", "")

@@ -29,7 +29,7 @@ local reqs, valid, n, i = {}, {}, 0, 0
 local drain_at, drain_req
 
 function init(args)
-  local path, duration, tail = args[1], tonumber(args[2] or "0"), tonumber(args[3] or "0.5")
+  local path, duration, tail = args[1], tonumber(args[2] or "0"), tonumber(args[3] or "1")
   for line in io.lines(path) do
     local v, method, target, ctype, ua, body =
       line:match("^(%d)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(.*)$")

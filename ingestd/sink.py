@@ -107,7 +107,8 @@ class Sink(threading.Thread):
                 if self.client is None:
                     self._connect()
                 if self.hold is not None and self.hold.is_set():
-                    self.wake.wait(0.1)
+                    # not wake.wait: every seal sets wake, and a set wake would make this loop spin
+                    self.stopping.wait(0.1)
                     continue
                 shipped = self.ship_pending()
                 backoff = BACKOFF_FIRST
