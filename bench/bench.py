@@ -183,13 +183,18 @@ def run_wrk(port: int, seconds: int, corpus: Path, server_pid: int | None = None
            "-s", str(LUA), f"http://127.0.0.1:{port}", "--", str(corpus), str(seconds), str(TAIL)]
     pids = process_tree(server_pid) if server_pid else []
     cpu0 = cpu_seconds(pids)
+    # the server's CPU time is read when the closing preflights start: it is the beacons' cost
+    at_tail: list[float] = []
+    tail_timer = threading.Timer(seconds - TAIL, lambda: at_tail.append(cpu_seconds(pids)))
     with tempfile.TemporaryFile("w+") as out:
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        tail_timer.start()
         _, status, usage = os.wait4(proc.pid, 0)  # wait4: wrk's own CPU time (taskset execs it)
         proc.returncode = os.waitstatus_to_exitcode(status)
         wall = time.monotonic() - started
-        server_cpu_s = cpu_seconds(pids) - cpu0
+        tail_timer.join()
+        server_cpu_s = (at_tail[0] if at_tail else cpu_seconds(pids)) - cpu0
         out.seek(0)
         text = out.read()
     line = next((ln for ln in text.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -200,7 +205,7 @@ def run_wrk(port: int, seconds: int, corpus: Path, server_pid: int | None = None
         seconds=seconds, requests=data["requests"], status={int(k): v for k, v in data["status"].items()},
         sent_valid=data["sent_valid"], sent_invalid=data["sent_invalid"], latency_us=data["latency_us"],
         errors=data["errors"], wrk_cpu=(usage.ru_utime + usage.ru_stime) / wall,
-        server_cpu=server_cpu_s / wall, server_cpu_s=server_cpu_s,
+        server_cpu=server_cpu_s / (seconds - TAIL), server_cpu_s=server_cpu_s,
     )
 
 
@@ -232,7 +237,7 @@ def table(rows: list[Row]) -> str:
         lines.append(
             f"| {r.name} | {load.rate:,.0f} | {ratio} | {ms(load.latency_us['p50'])} | {ms(load.latency_us['p99'])} "
             f"| {ms(load.latency_us['p999'])} | {r.non2xx} | {r.landed} | {r.rss_peak_mib:.0f} "
-            f"| {100 * load.server_cpu:.0f} % | {1e6 * load.server_cpu_s / max(1, load.requests):.1f} "
+            f"| {100 * load.server_cpu:.0f} % | {1e6 * load.server_cpu_s / max(1, load.beacons):.1f} "
             f"| {100 * load.wrk_cpu:.0f} % |"
         )
     return "\n".join(lines)
@@ -564,8 +569,8 @@ def main() -> int:
     if NOTE:
         text += ["", NOTE]
     text += ["", "req/s counts beacons answered (valid and invalid), not the closing preflights; latency is wrk's, "
-             "over every request; server CPU is the share of its one pinned CPU; CPU µs/req = server CPU time / "
-             "requests answered; wrk CPU near 100 % means the load generator, not the server, set the pace.", ""]
+             "over every request; server CPU is the share of its one pinned CPU and CPU µs/req the server's CPU time per beacon, both "
+             "over the beacon part of the run (up to the closing preflights); wrk CPU near 100 % means the load generator, not the server, set the pace.", ""]
     report = "\n".join(text)
     print(report)
     if RESULTS != "-":

@@ -49,7 +49,14 @@ function init(args)
   if duration > 0 then drain_at = now() + duration - tail end
 end
 
+-- wrk calls request() once after init() to verify the script; that request is never sent
+local verified = false
+
 function request()
+  if not verified then
+    verified = true
+    return reqs[1]
+  end
   if drain_at and now() >= drain_at then
     sent_drain = sent_drain + 1
     return drain_req

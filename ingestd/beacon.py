@@ -11,7 +11,7 @@ import logging
 import orjson
 
 from . import ks as ks_codec
-from .events import Rejection, body_params, form_decode, split_query, validate
+from .events import Rejection, body_params, form_decode, json_text, split_query, validate
 from .http import CLOCK, Response, Ticket, error_response
 
 log = logging.getLogger("ingestd.beacon")
@@ -133,17 +133,25 @@ class BeaconApp:
             return self._reject(request, query, rejection, json_body)
         body_map = {}
         if body:
-            body_map = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in body.items()}
+            # from the JSON object, not decoded back from `body`: its strings are already str
+            body_map = {k: v if type(v) is str else json_text(v) for k, v in json_body.items()}
         ks_info = {}
         if b"ks" in params or (body and b"ks" in body):
             ks_info = ks_codec.describe(form_decode(params[b"ks"]) if b"ks" in params else body[b"ks"])
             query = ks_codec.strip_from_query(query)
             body_map.pop("ks", None)
-        self.spool.append(orjson.dumps((
+        row = (
             "e", int(request.received_at * 1000), self.client_ip(request),
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
             query.decode("utf-8", "replace"), body_map, checked.missing, ks_info, "", "", "",
-        )) + b"\n")
+        )
+        try:
+            line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:  # a lone surrogate from a JSON body: store it as U+FFFD
+            body_map = {k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"):
+                        v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for k, v in body_map.items()}
+            line = orjson.dumps(row[:5] + (body_map,) + row[6:], option=orjson.OPT_APPEND_NEWLINE)
+        self.spool.append(line)
         type_id = checked.event_type.id
         self.metrics.events_accepted[type_id] += 1
         if variant == 1 and self.spool.over_soft_cap:

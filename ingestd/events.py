@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Iterable
 from urllib.parse import unquote_to_bytes
 
+import orjson
+
 # ---------------------------------------------------------------------------------------------
 # Field catalogue: parameter name -> (column name, type). Types: "int", "float", "str".
 
@@ -216,7 +218,16 @@ def split_query(query: bytes) -> dict[bytes, bytes]:
     Values stay percent-encoded: most need no decoding to be validated, and ClickHouse decodes
     them at insert time. Names are decoded only when they contain an escape.
     """
-    params: dict[bytes, bytes] = {}
+    # Fast path, ~2x the loop below: partition every pair in one comprehension and let dict() keep
+    # the first of repeated names (pairs reversed); then one scan of the joined names for escapes.
+    pairs = query.split(b"&")
+    pairs.reverse()
+    params = dict([pair.partition(b"=")[::2] for pair in pairs])
+    names = b"&".join(params)
+    if b"%" not in names and b"+" not in names:
+        params.pop(b"", None)
+        return params
+    params = {}
     for pair in query.split(b"&"):
         name, _, value = pair.partition(b"=")
         if b"%" in name or b"+" in name:
@@ -228,6 +239,9 @@ def split_query(query: bytes) -> dict[bytes, bytes]:
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
+
+
+_SHORT_NUMBER = 18  # this many digits (and a sign or a point) always fit Int64 and a finite Float64
 
 
 def _check_number(name: str, kind: str, raw: bytes, label: str) -> None:
@@ -247,20 +261,32 @@ def _shorten(value: bytes, limit: int = 40) -> str:
 
 def body_params(obj: dict) -> dict[bytes, bytes]:
     """A JSON object body as raw parameters (values JSON-decoded, so already plain text)."""
-    from orjson import dumps  # local: only JSON POSTs need it
-
     out: dict[bytes, bytes] = {}
     for key, value in obj.items():
-        if isinstance(value, str):
+        kind = type(value)  # exact types first: most values are str or int (bool is not int here)
+        if kind is str:
             raw = value.encode("utf-8", "surrogatepass")
+        elif kind is int:
+            raw = b"%d" % value
         elif value is None:
             raw = b""
-        elif value is True or value is False:
+        elif kind is bool:
             raw = b"true" if value else b"false"
         else:
-            raw = dumps(value)
+            raw = orjson.dumps(value)
         out[key.encode("utf-8", "surrogatepass")] = raw
     return out
+
+
+def json_text(value) -> str:
+    """A JSON body value that is not a string, as the text `body_params` validates and the row stores."""
+    if value is None:
+        return ""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if type(value) is int:
+        return "%d" % value
+    return orjson.dumps(value).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,22 +318,30 @@ def validate(query: dict[bytes, bytes], body: dict[bytes, bytes] | None, strict:
             raise Rejection(
                 "unknown_event_type", f"eventType {_shorten(form_decode(raw_type))!r} is not a known event type"
             )
-    label = event_type.label
     partner = merged.get(b"partnerId")
     if not partner:
-        raise Rejection("missing_partner_id", f"{label}: partnerId is missing")
+        raise Rejection("missing_partner_id", f"{event_type.label}: partnerId is missing")
     if not partner.isdigit() and not _INT_RE.fullmatch(form_decode(partner)):
-        raise Rejection("bad_partner_id", f"{label}: partnerId {_shorten(form_decode(partner))!r} is not an integer")
+        raise Rejection("bad_partner_id",
+                        f"{event_type.label}: partnerId {_shorten(form_decode(partner))!r} is not an integer")
     if event_type.id not in APPLICATION_EVENT_TYPES and not merged.get(b"entryId"):
-        raise Rejection("missing_entry_id", f"{label}: entryId is missing or empty")
+        raise Rejection("missing_entry_id", f"{event_type.label}: entryId is missing or empty")
     for raw_name in _NUMERIC_RAW.keys() & merged.keys():
         raw = merged[raw_name]
-        if raw:  # an empty numeric field is a missing one, not a bad number
-            name, kind = _NUMERIC_RAW[raw_name]
-            _check_number(name, kind, raw, label)
+        # Fast path, checked inline (a call, a decode and a regex cost ~0.5 us per field): empty (a
+        # missing field, not a bad number), plain digits, or a plain decimal such as 0.125 or -1,
+        # also as the legacy player escapes it (0%2E125).
+        if not raw or (len(raw) <= _SHORT_NUMBER and raw.isdigit()):
+            continue
+        name, kind = _NUMERIC_RAW[raw_name]
+        if kind == "float" and len(raw) <= _SHORT_NUMBER:
+            plain = raw.replace(b"%2E", b".").replace(b"%2D", b"-") if b"%" in raw else raw
+            if plain.removeprefix(b"-").replace(b".", b"", 1).isdigit():
+                continue
+        _check_number(name, kind, raw, event_type.label)
     missing = [name for name, raw_name in _REQUIRED_RAW[event_type.id] if not merged.get(raw_name)]
     if missing and strict:
-        raise Rejection("missing_required", f"{label}: missing {', '.join(missing)}")
+        raise Rejection("missing_required", f"{event_type.label}: missing {', '.join(missing)}")
     return Validated(event_type, missing)
 
 

@@ -1,7 +1,7 @@
 """Profile the ingestd collector under the benchmark's load with py-spy: top functions by own time.
 
     .venv/bin/pip install py-spy
-    .venv/bin/python bench/profile.py [SECONDS]      # default 10; CONNECTIONS as in bench.py
+    .venv/bin/python bench/pyspy_top.py [SECONDS]      # default 10; CONNECTIONS as in bench.py
 
 Starts ingestd (shipping held) pinned like `make bench`, drives it with wrk and the corpus, samples it
 with py-spy (idle threads excluded) and prints the functions where the samples landed ("self") and the
