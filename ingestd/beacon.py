@@ -18,6 +18,7 @@ log = logging.getLogger("ingestd.beacon")
 
 BEACON_PATHS = (b"/api_v3/index.php", b"/collect")
 RETRY_AFTER_SECONDS = 5
+KS_CACHE_ENTRIES = 10_000  # decoded ks values kept (~1 KiB each); cleared when full
 VIEW_EVENT_TYPE = 99
 
 _CORS_PREFLIGHT = Response(
@@ -54,6 +55,7 @@ class BeaconApp:
         self._tickets: dict[int, Ticket] = {}  # shared replies of this iteration, by variant
         self._single: list[tuple[Ticket, Response]] = []  # per-request replies of this iteration
         self._commit_scheduled = False
+        self._ks_seen: dict[bytes, dict] = {}  # raw ks -> ks_codec.describe() of it (never mutated)
         self.refresh()
 
     # -- replies that change once a second ----------------------------------------------------------
@@ -137,7 +139,13 @@ class BeaconApp:
             body_map = {k: v if type(v) is str else json_text(v) for k, v in json_body.items()}
         ks_info = {}
         if b"ks" in params or (body and b"ks" in body):
-            ks_info = ks_codec.describe(form_decode(params[b"ks"]) if b"ks" in params else body[b"ks"])
+            raw_ks = form_decode(params[b"ks"]) if b"ks" in params else body[b"ks"]
+            # a session sends the same ks with each of its beacons: decode and hash it once
+            ks_info = self._ks_seen.get(raw_ks)
+            if ks_info is None:
+                if len(self._ks_seen) >= KS_CACHE_ENTRIES:
+                    self._ks_seen.clear()
+                ks_info = self._ks_seen[raw_ks] = ks_codec.describe(raw_ks)
             query = ks_codec.strip_from_query(query)
             body_map.pop("ks", None)
         row = (
@@ -165,6 +173,8 @@ class BeaconApp:
 
     @staticmethod
     def _check_service(params, body) -> None:
+        if params.get(b"service") == b"analytics" and params.get(b"action") == b"trackEvent":
+            return  # what every player sends, checked without decoding
         for name, expected in ((b"service", b"analytics"), (b"action", b"trackEvent")):
             raw = params.get(name)
             if raw is None and body:
