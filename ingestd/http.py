@@ -34,7 +34,7 @@ _COMMON = b"access-control-allow-origin: *\r\n"
 class Response:
     """A complete reply. `headers` is preformatted bytes (each line ending in CRLF)."""
 
-    __slots__ = ("status", "body", "content_type", "headers", "close")
+    __slots__ = ("status", "body", "content_type", "headers", "close", "wire")
 
     def __init__(self, status: int, body: bytes = b"", content_type: bytes = b"text/plain",
                  headers: bytes = b"", close: bool = False):
@@ -43,6 +43,7 @@ class Response:
         self.content_type = content_type
         self.headers = headers
         self.close = close
+        self.wire: tuple | None = None  # render()'s cache: (date header, keep-alive bytes, close bytes)
 
 
 class Ticket:
@@ -94,7 +95,18 @@ CLOCK = Clock()
 
 
 def render(response: Response, keep_alive: bool) -> bytes:
-    """The bytes of one response."""
+    """The bytes of one response; shared replies (the 200s) are rendered once per clock tick."""
+    wire = response.wire
+    if wire is None or wire[0] is not CLOCK.date_header:
+        wire = response.wire = (CLOCK.date_header, None, None)
+    data = wire[1] if keep_alive else wire[2]
+    if data is None:
+        data = _render(response, keep_alive)
+        response.wire = (wire[0], data, wire[2]) if keep_alive else (wire[0], wire[1], data)
+    return data
+
+
+def _render(response: Response, keep_alive: bool) -> bytes:
     close = response.close or not keep_alive
     return b"".join((
         b"HTTP/1.1 %d %s\r\n" % (response.status, STATUS_TEXT.get(response.status, b"Unknown")),
