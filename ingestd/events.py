@@ -98,11 +98,6 @@ COLUMNS: dict[str, str] = {name: col for name, (col, _) in FIELDS.items() if col
 
 _BASE = ("eventType", "partnerId", "entryId", "flavourId", "sessionId", "eventIndex")
 _PLAYBACK = _BASE + ("bufferTime", "actualBitrate", "preferredBitrate")
-OPTIONAL_DOCUMENT = (
-    "ks", "playbackContext", "referrer", "deliveryType", "playbackType", "kalsig",
-    "sessionStartTime", "uiConfId", "clientVer", "clientTag", "position",
-    "customVar1", "customVar2", "customVar3",
-)
 _APP_BASE = ("eventType", "partnerId", "sessionId", "eventIndex")
 
 # type id -> (name, required parameters, from the document?)
@@ -162,9 +157,9 @@ class EventType:
 def _build_registry() -> dict[int, EventType]:
     registry = {}
     for type_id, (name, required, in_document) in _TYPES.items():
-        optional = frozenset(OPTIONAL_DOCUMENT) | frozenset(_KAVA_FIELDS)
-        if type_id in APPLICATION_EVENT_TYPES:
-            optional |= {"entryId", "flavourId"}
+        # every known parameter is optional where not required: players send the type-specific
+        # ones (playbackSpeed, caption, …) on other events too, and each has its column
+        optional = frozenset(FIELDS)
         registry[type_id] = EventType(
             type_id, name, frozenset(required), optional - frozenset(required), in_document
         )
@@ -176,7 +171,9 @@ REGISTRY: dict[int, EventType] = _build_registry()
 _REGISTRY_BY_RAW: dict[bytes, EventType] = {str(k).encode(): v for k, v in REGISTRY.items()}
 INT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "int")
 FLOAT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "float")
-_NUMERIC_RAW = {n.encode(): (n, t) for n, (_, t) in FIELDS.items() if t != "str"}
+# numeric fields checked generically; eventType and partnerId have their own rules in validate()
+_NUMERIC_RAW = {n.encode(): (n, t) for n, (_, t) in FIELDS.items()
+                if t != "str" and n not in ("eventType", "partnerId")}
 _REQUIRED_RAW = {t.id: tuple((n, n.encode()) for n in sorted(t.required)) for t in REGISTRY.values()}
 
 # ---------------------------------------------------------------------------------------------
