@@ -220,17 +220,31 @@ def number_error(value: bytes, kind: str) -> str | None:
     return None
 
 
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_FORM_TOKEN = re.compile(rb"\+|%[0-9A-Fa-f]{2}|%.{0,2}", re.DOTALL)
+
+
+def _form_token(match: re.Match) -> bytes:
+    token = match.group()
+    if token == b"+":
+        return b" "
+    if len(token) == 3 and _BAD_ESCAPE.match(token) is None:
+        return bytes((int(token[1:], 16),))
+    return token  # a bad escape: '%' and the two characters after it, verbatim
+
+
 def form_decode(raw: bytes) -> bytes:
     """Decode one application/x-www-form-urlencoded component ('+' is a space); never raises.
 
-    Matches ClickHouse's decodeURLFormComponent: bad escapes such as '%zz' or a trailing '%' are
-    kept as they are; the result may be invalid UTF-8 (the view makes it valid, see 001_events.sql).
+    Byte for byte what ClickHouse's decodeURLFormComponent makes of it (the view stores that):
+    a bad escape such as '%zz' or a trailing '%' is kept together with the two characters after
+    it. The result may be invalid UTF-8 (the view makes it valid, see 001_events.sql).
     """
-    if b"+" in raw:
-        raw = raw.replace(b"+", b" ")
-    if b"%" in raw:
-        raw = unquote_to_bytes(raw)
-    return raw
+    if b"%" not in raw:
+        return raw.replace(b"+", b" ") if b"+" in raw else raw
+    if _BAD_ESCAPE.search(raw) is None:  # the common case: every escape is well formed
+        return unquote_to_bytes(raw.replace(b"+", b" ") if b"+" in raw else raw)
+    return _FORM_TOKEN.sub(_form_token, raw)
 
 
 def split_query(query: bytes) -> dict[bytes, bytes]:

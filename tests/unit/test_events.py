@@ -343,6 +343,7 @@ def test_event_type_value_decoding():
     (b"a+b", b"a b"), (b"kdp%3Av3%2E9%2E2", b"kdp:v3.9.2"), (b"%2e%2E", b".."),
     (b"http%253A%2F%2Fabc", b"http%3A//abc"),  # double-encoded: decoded once, as sent
     (b"100%", b"100%"), (b"%zz%4", b"%zz%4"), (b"%", b"%"),  # bad escapes kept as sent
+    (b"%%41", b"%%41"), (b"%zz%41", b"%zzA"), (b"%+1", b"%+1"), (b"a+%g+", b"a %g+"),  # as ClickHouse: '%' + 2 chars
     (b"%FF%C3", b"\xff\xc3"),  # not UTF-8: bytes kept (the view turns them into U+FFFD)
     (b"%2B", b"+"), (b"", b""), (b"plain", b"plain"),
 ])
