@@ -102,6 +102,7 @@ def test_each_of_the_33_event_types_lands_as_one_typed_row(server):
     agent = "every-type"
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # one keep-alive connection
     sent = {}
+    started = time.time()
     for type_id, entry in sorted(events.REGISTRY.items()):
         params = {field: sample_value(field, type_id) for field in sorted(entry.required)}
         params.update(eventType=str(type_id), partnerId="4242", sessionId=f"s-{type_id}")
@@ -110,11 +111,12 @@ def test_each_of_the_33_event_types_lands_as_one_typed_row(server):
         response = conn.getresponse()
         assert (response.status, response.read().isdigit()) == (200, True), type_id
     conn.close()
-    found = rows(server, "events", agent, order="event_type")
+    found = rows(server, "events", agent, "*, toUnixTimestamp64Milli(received_at) AS received_ms", order="event_type")
     assert [row["event_type"] for row in found] == sorted(events.REGISTRY)  # exactly one row per type
     for row in found:
         params = sent[row["event_type"]]
         assert row["missing_fields"] == [] and row["extra"] == {}
+        assert row["ip"] == "127.0.0.1" and started - 1 <= as_int(row["received_ms"]) / 1000 <= time.time()
         assert as_int(row["partner_id"]) == 4242
         for field, value in params.items():
             column, kind = events.FIELDS[field]
