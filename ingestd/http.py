@@ -157,7 +157,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
         "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
-        "in_request", "request_started",
+        "in_request", "request_started", "body_bytes",
     )
 
     def __init__(self, app, limits: Limits | None = None):
@@ -171,6 +171,7 @@ class HttpProtocol(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.header_bytes = 0
         self.body: list[bytes] = []
+        self.body_bytes = 0  # running total: summing `body` per chunk is quadratic in the chunk count
         self.outbox: deque = deque()  # (Response | Ticket, keep_alive)
         self.closing = False
         self.paused = False
@@ -223,6 +224,7 @@ class HttpProtocol(asyncio.Protocol):
         self.headers = {}
         self.header_bytes = 0
         self.body = []
+        self.body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -247,7 +249,8 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
-        if sum(map(len, self.body)) > self.limits.max_body:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body:
             raise HttpError(413, f"request body over {self.limits.max_body} bytes")
 
     def on_message_complete(self) -> None:

@@ -263,6 +263,12 @@ def test_chunked_body_over_limit_is_413():
     assert parse_responses(transport.data)[0][0] == 413 and app.requests == []
 
 
+def test_many_tiny_chunks_over_limit_are_413():
+    app, proto, transport = connect(Limits(max_body=20000))
+    proto.data_received(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 20001)
+    assert parse_responses(transport.data)[0][0] == 413 and app.requests == []
+
+
 def test_chunked_body_within_limit_is_joined():
     app, proto, transport = connect()
     proto.data_received(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
