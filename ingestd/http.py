@@ -29,6 +29,7 @@ STATUS_TEXT = {
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 _COMMON = b"access-control-allow-origin: *\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Response:
@@ -246,6 +247,10 @@ class HttpProtocol(asyncio.Protocol):
         length = self.headers.get(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body:
             raise HttpError(413, f"request body over {self.limits.max_body} bytes")
+        # curl asks before sending a body over 1 KiB and would otherwise wait a second; an interim
+        # reply may only go out when no earlier reply is still queued (replies stay in order)
+        if b"expect" in self.headers and not self.outbox and self.headers[b"expect"].lower() == b"100-continue":
+            self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)

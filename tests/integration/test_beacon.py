@@ -285,6 +285,17 @@ def test_json_post_merges_query_and_body_and_answers_json(server):
     assert row["missing_fields"] == [] and row["extra"] == {"customKey": "kept"}
 
 
+def test_expect_100_continue_as_curl_sends_a_large_body(server):
+    body = orjson.dumps({"eventIndex": 1, "customVar1": "x" * 2000})
+    head = (f"POST /collect?eventType=1&partnerId=1&entryId=expect HTTP/1.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
 def test_text_and_form_posts_answer_the_time(server):
     agent = "form-post"
     query = "eventType=21&partnerId=77&entryId=0_x&sessionId=s&eventIndex={i}&customVar1=a+b%2E"

@@ -37,7 +37,7 @@ class FakeTransport:
 class FakeApp:
     """Answers `/echo` at once (the body names the request), `/later` with a Ticket resolved by the test."""
 
-    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent"})
+    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent", b"expect"})
 
     def __init__(self):
         self.requests = []
@@ -261,6 +261,30 @@ def test_chunked_body_over_limit_is_413():
     chunk = b"%x\r\n%s\r\n" % (600, b"x" * 600)
     proto.data_received(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk + chunk + b"0\r\n\r\n")
     assert parse_responses(transport.data)[0][0] == 413 and app.requests == []
+
+
+def test_expect_100_continue_is_answered_before_the_body():
+    app, proto, transport = connect()
+    proto.data_received(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert transport.data == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.data_received(b"hello")
+    final = bytes(transport.data)[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+    assert parse_responses(final)[0][2] == b"POST /echo? body=hello"
+
+
+def test_expect_100_continue_waits_behind_a_queued_reply():
+    app, proto, transport = connect()
+    proto.data_received(b"GET /later HTTP/1.1\r\n\r\n"
+                        b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi")
+    assert transport.data == b""  # no interim reply ahead of the first request's answer
+    app.tickets[0].resolve(Response(200, b"first"))
+    assert [b for _, _, b in parse_responses(transport.data)] == [b"first", b"POST /echo? body=hi"]
+
+
+def test_expect_over_the_body_limit_is_413_without_100():
+    app, proto, transport = connect(Limits(max_body=10))
+    proto.data_received(b"POST /echo HTTP/1.1\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+    assert parse_responses(transport.data)[0][0] == 413
 
 
 def test_many_tiny_chunks_over_limit_are_413():
