@@ -137,6 +137,10 @@ class HttpError(Exception):
         self.reason = reason
 
 
+class _StopReading(Exception):
+    """Raised in a parser callback to stop parsing a closing connection's input."""
+
+
 def error_response(status: int, reason: str, close: bool = True) -> Response:
     return Response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
 
@@ -194,7 +198,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        if self.closing:
+        if self.closing and not self.in_request:  # a request begun before shutdown() may finish
             return
         try:
             self.parser.feed_data(data)
@@ -219,6 +223,8 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks (only those we need are defined) -----------------------------------
     def on_message_begin(self) -> None:
+        if self.closing:  # pipelined behind the last request served before shutdown: not read
+            raise _StopReading
         self.in_request = True
         self.request_started = self.last_activity
         self.url = b""

@@ -349,3 +349,23 @@ def test_connection_lost_is_reported_to_the_app():
     assert app.open == 1
     proto.connection_lost(None)
     assert app.open == 0
+
+
+def test_shutdown_lets_a_half_received_request_finish_then_closes():
+    app, proto, transport = connect()
+    proto.data_received(b"GET /echo?x HTTP/1.1\r\nHost: a\r\n")
+    proto.shutdown()
+    assert not transport.closed
+    proto.data_received(b"\r\n" + GET % 2)
+    [(status, _, body)] = parse_responses(transport.data)
+    assert (status, body) == (200, b"GET /echo?x body=") and transport.closed
+    assert len(app.requests) == 1  # the request pipelined behind it is neither handled nor stored
+
+
+def test_shutdown_closes_an_idle_connection_at_once():
+    app, proto, transport = connect()
+    proto.data_received(GET % 1)
+    proto.shutdown()
+    assert transport.closed
+    proto.data_received(GET % 2)
+    assert len(app.requests) == 1
