@@ -37,12 +37,14 @@ _WRITE_FAILED = Response(
     headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS,
 )
 _JSON = b"application/json"
+# Bodies read as a query string; no Content-Type at all is read the same way.
+_TEXT_TYPES = frozenset({b"", b"text/plain", b"application/x-www-form-urlencoded"})
 
 
 class BeaconApp:
     """The beacon endpoints of one process."""
 
-    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent"})
+    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent", b"expect"})
 
     def __init__(self, spool, metrics, loop, *, strict: bool = False, client_ip=None):
         self.spool = spool
@@ -105,19 +107,25 @@ class BeaconApp:
 
     def _post(self, request):
         content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        body = request.body
-        if content_type == b"application/json" or (not content_type and body[:1] == b"{"):
+        body = request.body.strip()
+        # sendBeacon and some players post JSON as text/plain (no preflight): a query string never
+        # starts with '{', so the body decides.
+        if content_type == b"application/json" or (content_type in _TEXT_TYPES and body[:1] == b"{"):
             try:
-                obj = orjson.loads(body) if body.strip() else {}
+                obj = orjson.loads(body) if body else {}
             except orjson.JSONDecodeError as exc:
                 return self._reject(request, request.query, Rejection("bad_request", f"body is not JSON: {exc}"))
             if not isinstance(obj, dict):
                 return self._reject(request, request.query, Rejection("bad_request", "body is not a JSON object"))
             return self._beacon(request, request.query, obj, 1)
+        if content_type not in _TEXT_TYPES:
+            shown = content_type.decode("latin-1")[:60]
+            return self._reject(request, request.query, Rejection(
+                "bad_request", f"Content-Type {shown!r} is not supported: send JSON, text/plain or form-encoded"))
         # navigator.sendBeacon: a query string as text/plain or form-encoded body
         query = request.query
         if body:
-            query = query + b"&" + body.strip() if query else body.strip()
+            query = query + b"&" + body if query else body
         return self._beacon(request, query, None, 0)
 
     def _beacon(self, request, query: bytes, json_body: dict | None, variant: int):
@@ -136,7 +144,7 @@ class BeaconApp:
         body_map = {}
         if body:
             # from the JSON object, not decoded back from `body`: its strings are already str
-            body_map = {k: v if type(v) is str else json_text(v) for k, v in json_body.items()}
+            body_map = {k: v if type(v) is str else json_text(v) for k, v in json_body.items() if k}
         ks_info = {}
         if b"ks" in params or (body and b"ks" in body):
             raw_ks = form_decode(params[b"ks"]) if b"ks" in params else body[b"ks"]
@@ -182,8 +190,8 @@ class BeaconApp:
             value = form_decode(raw) if raw is not None else b""
             if value.lower() != expected.lower():
                 shown = value.decode("utf-8", "replace")[:40]
-                raise Rejection("bad_request", f"{name.decode()} {shown!r} is not supported: use "
-                                               "service=analytics&action=trackEvent")
+                raise Rejection("unsupported_service", f"{name.decode()} {shown!r} is not supported: use "
+                                                       "service=analytics&action=trackEvent")
 
     def _reject(self, request, query: bytes, rejection: Rejection, json_body=None):
         """Keep what was sent (ks masked) in the rejected stream and answer 400 with the reason."""

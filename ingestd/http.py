@@ -29,6 +29,7 @@ STATUS_TEXT = {
     500: b"Internal Server Error", 503: b"Service Unavailable",
 }
 _COMMON = b"access-control-allow-origin: *\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Response:
@@ -108,14 +109,22 @@ def render(response: Response, keep_alive: bool) -> bytes:
 
 def _render(response: Response, keep_alive: bool) -> bytes:
     close = response.close or not keep_alive
+    status = response.status
+    if status == 204:  # RFC 9110 §8.6: no Content-Length (nor a body) on a 204
+        entity = body = b""
+    else:
+        body = response.body
+        entity = b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(body))
     return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (response.status, STATUS_TEXT.get(response.status, b"Unknown")),
+        b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT.get(status, b"Unknown")),
         CLOCK.date_header,
-        b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(response.body)),
+        entity,
         _COMMON,
         response.headers,
-        b"connection: close\r\n\r\n" if close else b"\r\n",
-        response.body,
+        # keep-alive is explicit, as nginx does: an HTTP/1.0 client (ab -k) only reuses the
+        # connection when told so; HTTP/1.1 clients ignore it
+        b"connection: close\r\n\r\n" if close else b"connection: keep-alive\r\n\r\n",
+        body,
     ))
 
 
@@ -140,8 +149,23 @@ class HttpError(Exception):
         self.reason = reason
 
 
+class _StopReading(Exception):
+    """Raised in a parser callback to stop parsing a closing connection's input."""
+
+
 def error_response(status: int, reason: str, close: bool = True) -> Response:
     return Response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
+
+
+def _origin_form(url: bytes) -> bytes:
+    """`http://host/path?query` as `/path?query`; anything else (`*`, garbage) as it is."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return url
+    if not parsed.schema:
+        return url
+    return (parsed.path or b"/") + (b"?" + parsed.query if parsed.query is not None else b"")
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -150,7 +174,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
         "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
-        "in_request", "request_started",
+        "in_request", "request_started", "body_bytes",
     )
 
     def __init__(self, app, limits: Limits | None = None):
@@ -164,6 +188,7 @@ class HttpProtocol(asyncio.Protocol):
         self.headers: dict[bytes, bytes] = {}
         self.header_bytes = 0
         self.body: list[bytes] = []
+        self.body_bytes = 0  # running total: summing `body` per chunk is quadratic in the chunk count
         self.outbox: deque = deque()  # (Response | Ticket, keep_alive)
         self.closing = False
         self.paused = False
@@ -185,13 +210,15 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
-        if self.closing:
+        if self.closing and not self.in_request:  # a request begun before shutdown() may finish
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrade is not supported")
         except httptools.HttpParserError as exc:
+            if self.closing:  # data after a `Connection: close` request is ignored, not an error
+                return
             cause = exc.__context__  # httptools wraps what a callback raised
             if isinstance(cause, HttpError):
                 self._fail(cause.status, cause.reason)
@@ -208,12 +235,15 @@ class HttpProtocol(asyncio.Protocol):
 
     # -- httptools callbacks (only those we need are defined) -----------------------------------
     def on_message_begin(self) -> None:
+        if self.closing:  # pipelined behind the last request served before shutdown: not read
+            raise _StopReading
         self.in_request = True
         self.request_started = self.last_activity
         self.url = b""
         self.headers = {}
         self.header_bytes = 0
         self.body = []
+        self.body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -235,10 +265,15 @@ class HttpProtocol(asyncio.Protocol):
         length = self.headers.get(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body:
             raise HttpError(413, f"request body over {self.limits.max_body} bytes")
+        # curl asks before sending a body over 1 KiB and would otherwise wait a second; an interim
+        # reply may only go out when no earlier reply is still queued (replies stay in order)
+        if b"expect" in self.headers and not self.outbox and self.headers[b"expect"].lower() == b"100-continue":
+            self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
-        if sum(map(len, self.body)) > self.limits.max_body:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body:
             raise HttpError(413, f"request body over {self.limits.max_body} bytes")
 
     def on_message_complete(self) -> None:
@@ -246,6 +281,8 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         keep_alive = parser.should_keep_alive()
         url = self.url
+        if url[0] != 47:  # not '/': the absolute form (RFC 9112 §3.2.2 says a server must accept it)
+            url = _origin_form(url)
         path, _, query = url.partition(b"?")
         if b"#" in query:
             query = query.partition(b"#")[0]
