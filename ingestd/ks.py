@@ -48,14 +48,52 @@ def describe(ks: bytes) -> dict[str, str]:
     return info
 
 
+MASK = b"<redacted>"
+MIN_SECRET_BYTES = 16  # shorter ks values are not searched for elsewhere (they would match innocent text)
+# "ks": value in JSON-like text, also with \u-escaped letters; the value up to its closing quote
+_JSON_KS = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*(?:"(?:[^"\\]|\\.)*"?|[^,}\]\s]*)')
+
+
 def strip_from_query(query: bytes, mask: bytes = b"") -> bytes:
-    """The query string without its ks parameter(s); with `mask`, their values replaced by it."""
+    """The query string without its ks parameter(s); with `mask`, their values replaced by it.
+
+    Names are compared decoded (`%6Bs` is `ks`), and a ks value that also appears elsewhere in the
+    query (a referrer URL that carried it, say) is masked there too.
+    """
     kept = []
+    values = []
     for pair in query.split(b"&"):
-        name, eq, _ = pair.partition(b"=")
-        if form_decode(name) == b"ks":
+        name, eq, value = pair.partition(b"=")
+        if (b"k" in name or b"%" in name) and form_decode(name) == b"ks":
+            values.append(value)
             if mask:
                 kept.append(name + b"=" + mask)
             continue
         kept.append(pair)
-    return b"&".join(kept)
+    return mask_values(b"&".join(kept), values)
+
+
+def secret_forms(values: list[bytes]) -> list[bytes]:
+    """The ways these raw ks values could be spelled elsewhere: as sent, decoded, decoded without padding."""
+    forms = set()
+    for raw in values:
+        for form in (raw, form_decode(raw).strip(), form_decode(raw).strip().rstrip(b"=")):
+            if len(form) >= MIN_SECRET_BYTES:
+                forms.add(form)
+    return sorted(forms, key=len, reverse=True)
+
+
+def mask_values(text: bytes, values: list[bytes]) -> bytes:
+    """`text` with every spelling of the given raw ks values replaced by the mask."""
+    for form in secret_forms(values) if values else ():
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
+
+
+def redact(data: bytes) -> bytes:
+    """A raw body as sent (form, JSON, or broken either way) with every ks value in it masked."""
+    if b"k" not in data and b"%" not in data and b"\\u" not in data:
+        return data  # no spelling of 'ks' can be in it
+    data = strip_from_query(data, MASK)
+    return _JSON_KS.sub(b'"ks":"' + MASK + b'"', data)
