@@ -6,6 +6,7 @@ by ClickHouse in the materialized view `analytics.events_mv` (schema/001_events.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -235,7 +236,8 @@ def _check_number(name: str, kind: str, raw: bytes, label: str) -> None:
         return
     value = form_decode(raw)
     if (_INT_RE if kind == "int" else _FLOAT_RE).fullmatch(value):
-        return
+        if kind == "int" or math.isfinite(float(value)):
+            return  # ('1e999' or 400 nines overflow to infinity: not a number we can store)
     noun = "an integer" if kind == "int" else "a number"
     raise Rejection("bad_number", f"{label}: {name} {_shorten(value)!r} is not {noun}")
 
