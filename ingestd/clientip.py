@@ -80,6 +80,8 @@ class ClientIP:
         self._day = -1
         self._stored: dict[str, str] = {}  # peer -> stored form (peers that are not trusted proxies)
         self._trusted_peer: dict[str, bool] = {}
+        self._resolved: dict[tuple, str] = {}  # (peer, X-Forwarded-For, Forwarded) -> client address
+        self._anonymised: dict[str, str] = {}  # client address behind a proxy -> stored form
         self.wanted_headers = PROXY_HEADERS if self.trusted else frozenset()
 
     # -- what the app calls, per request ------------------------------------------------------------
@@ -94,7 +96,7 @@ class ClientIP:
         """The real client IP of `request` (trusted proxies resolved), e.g. for the rate limit."""
         peer = request.peer
         if self.trusted and self._is_trusted_peer(peer):
-            return self._from_headers(request, peer)
+            return self._behind_proxy(request, peer)
         return peer
 
     # -- the rest ---------------------------------------------------------------------------------------
@@ -103,11 +105,18 @@ class ClientIP:
         if day != self._day:  # a new UTC day: a new hash key, and yesterday's hashes are forgotten
             self._day = day
             self._stored.clear()
+            self._anonymised.clear()
             if self.key is not None:
                 self.key.rotate(day)
         peer = request.peer
-        if self.trusted and self._is_trusted_peer(peer):
-            return self.anonymise(self._from_headers(request, peer))  # per request: headers vary
+        if self.trusted and self._is_trusted_peer(peer):  # per request: the headers vary
+            client = self._behind_proxy(request, peer)
+            stored = self._anonymised.get(client)
+            if stored is None:
+                if len(self._anonymised) >= MAX_CACHED_PEERS:
+                    self._anonymised.clear()
+                stored = self._anonymised[client] = self.anonymise(client)
+            return stored
         if len(self._stored) >= MAX_CACHED_PEERS:
             self._stored.clear()
         stored = self._stored[peer] = self.anonymise(peer)
@@ -125,6 +134,17 @@ class ClientIP:
     def is_trusted(self, ip) -> bool:
         networks = self.trusted_v4 if ip.version == 4 else self.trusted_v6
         return any(ip in net for net in networks)
+
+    def _behind_proxy(self, request, peer: str) -> str:
+        """The client a trusted proxy forwarded for; the same header values are resolved once."""
+        headers = request.headers
+        key = (peer, headers.get(b"x-forwarded-for"), headers.get(b"forwarded"))
+        client = self._resolved.get(key)
+        if client is None:
+            if len(self._resolved) >= MAX_CACHED_PEERS:
+                self._resolved.clear()
+            client = self._resolved[key] = self._from_headers(request, peer)
+        return client
 
     def _from_headers(self, request, peer: str) -> str:
         """The rightmost address in the chain that is not a trusted proxy; the peer if the chain is unusable."""
