@@ -21,6 +21,7 @@ from .http import CLOCK
 log = logging.getLogger("ingestd.clientip")
 
 MAX_CACHED_PEERS = 65536  # distinct peers whose stored form is kept; cleared when exceeded (bounded memory)
+MAX_CACHED_HEADER_BYTES = 256  # proxy headers longer than this are resolved uncached: 64Ki keys stay < 20 MiB
 MAX_FORWARDED_HOPS = 32  # entries of X-Forwarded-For/Forwarded looked at; longer chains are spoofing or loops
 KEY_FILE_PREFIX = "ip-hash-key-"  # one file per UTC day in the key directory; older ones are deleted
 SECONDS_PER_DAY = 86400
@@ -138,7 +139,10 @@ class ClientIP:
     def _behind_proxy(self, request, peer: str) -> str:
         """The client a trusted proxy forwarded for; the same header values are resolved once."""
         headers = request.headers
-        key = (peer, headers.get(b"x-forwarded-for"), headers.get(b"forwarded"))
+        xff, forwarded = headers.get(b"x-forwarded-for"), headers.get(b"forwarded")
+        if len(xff or b"") + len(forwarded or b"") > MAX_CACHED_HEADER_BYTES:
+            return self._from_headers(request, peer)  # long chains are not worth caching (memory)
+        key = (peer, xff, forwarded)
         client = self._resolved.get(key)
         if client is None:
             if len(self._resolved) >= MAX_CACHED_PEERS:

@@ -24,6 +24,7 @@ WRITE_HIGH_WATER = 256 * 1024  # transport buffer above which we stop reading (s
 MAX_CONNECTIONS = 10000  # open beacon connections per process; each costs ~10 KiB and a descriptor
 EVICT_BATCH = 32  # idle connections closed at once when the limit is reached (as nginx drains 32)
 SLOW_REQUEST_EVICT = 1.0  # at the limit, a request still arriving after this long may be cut (slowloris)
+LINGER_SECONDS = 2.0  # after an error reply, unread input is drained this long: the client gets the reply, not a reset
 
 STATUS_TEXT = {
     200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
@@ -187,6 +188,25 @@ def _last_activity(conn: "HttpProtocol") -> float:
     return conn.last_activity
 
 
+def close_after_error(transport) -> None:
+    """Close after an error reply without losing it to a TCP reset (as nginx's lingering close).
+
+    Closing a socket with unread input makes the kernel send RST, and the client may then drop the
+    reply (a 413 to an upload still in flight). So: send FIN, keep discarding input, close later.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+        can_linger = transport.can_write_eof()
+    except (RuntimeError, AttributeError):  # no loop (tests with a fake transport) or no half-close
+        can_linger = False
+    if not can_linger:
+        transport.close()
+        return
+    transport.resume_reading()  # reading may be paused by the pipeline cap: drain it
+    transport.write_eof()
+    loop.call_later(LINGER_SECONDS, transport.close)
+
+
 _REFUSED = None  # the 503 for a connection over the limit, built after render() below
 
 
@@ -218,7 +238,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
         "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
-        "in_request", "request_started", "fresh", "gate",
+        "in_request", "request_started", "fresh", "gate", "failed",
     )
 
     def __init__(self, app, limits: Limits | None = None, gate: ConnectionGate | None = None):
@@ -241,6 +261,7 @@ class HttpProtocol(asyncio.Protocol):
         self.in_request = False
         self.request_started = 0.0
         self.fresh = True  # no request begun yet: the header timeout runs from the accept
+        self.failed = False  # a protocol error was answered: what still arrives is discarded
 
     # -- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -252,7 +273,7 @@ class HttpProtocol(asyncio.Protocol):
             self.closing = True
             self.app = None
             transport.write(render(_REFUSED, False))
-            transport.close()
+            close_after_error(transport)
             return
         self.app.connection_made(self)
 
@@ -385,13 +406,18 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
         if close or (self.closing and not outbox):
             self.closing = True
-            transport.close()
+            if self.failed:
+                close_after_error(transport)
+            else:
+                transport.close()
         elif self.paused:
             self._update_reading()
 
     def _fail(self, status: int, reason: str) -> None:
         """A protocol error: answer after what is already queued, then close."""
         self.closing = True
+        self.failed = True
+        self.in_request = False
         self.app.protocol_error(self, status)
         self.outbox.append((error_response(status, reason), False))
         self.write_ready()
@@ -409,8 +435,8 @@ class HttpProtocol(asyncio.Protocol):
             transport.resume_reading()
 
     def is_idle(self) -> bool:
-        """True between requests (or before the first): nothing arriving, nothing owed."""
-        return not self.in_request and not self.outbox and not self.closing
+        """True between requests (or before the first, or lingering after an error): nothing owed."""
+        return not self.outbox and (self.failed or (not self.in_request and not self.closing))
 
     def check_timeout(self, now: float) -> bool:
         """Called by the server's sweep once a second: close a slow or idle connection. True if closed."""

@@ -262,6 +262,7 @@ def test_network_fuzzer(make_ingestd):
     assert sent >= TOTAL_REQUESTS
     assert not problems, problems[:10]
     assert tally[500] == 0 and tally[200] > 3000 and tally[400] > 3000
+    assert tally["reset"] == 0  # error replies are followed by a lingering close, never a reset
     for status in (413, 414, 431):
         assert tally[status] > 0, f"no {status} seen: the fuzzer lost a case"
 

@@ -195,3 +195,18 @@ def test_untrusted_peer_cannot_spoof_and_hash_mode_hides_the_address(make_ingest
     assert ips[0] not in ("127.0.0.1", "203.0.113.5", "198.51.100.5")
     keys = list((server.spool / "ip-keys").glob("ip-hash-key-*"))
     assert len(keys) == 1 and keys[0].stat().st_mode & 0o077 == 0
+
+
+def test_oversized_upload_gets_its_413_not_a_reset(make_ingestd):
+    """The server refuses at 64 KiB but drains the rest (lingering close), so the client reads the 413."""
+    server = make_ingestd().start()
+    body = b"a" * (1 << 20)
+    head = b"POST /collect HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body)
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(head + body)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413") and b"connection: close" in answer
+    assert server.get(BEACON)[0] == 200
