@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -211,7 +212,7 @@ class DailyKey:
             self.current = secrets.token_bytes(32)
 
     def _load_or_create(self, day: int) -> bytes:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         path = self.directory / f"{KEY_FILE_PREFIX}{day}"
         if not path.exists():
             tmp = self.directory / f".{KEY_FILE_PREFIX}{day}.{os.getpid()}"
@@ -235,7 +236,16 @@ class DailyKey:
         return key
 
 
+def key_directory(spool: Path) -> Path:
+    """Where the hash keys live: in the spool (same disk, same owner, 0700). Workers spool into
+    SPOOL/w<i> (ingestd.workers) and share SPOOL/ip-keys, so that their hashes agree."""
+    spool = Path(spool)
+    if re.fullmatch(r"w[0-9]+", spool.name):
+        spool = spool.parent
+    return spool / "ip-keys"
+
+
 def from_settings(settings) -> ClientIP:
-    """The resolver for one process; the hash key lives next to the spool (same disk, same owner)."""
-    return ClientIP(settings.ip_mode, settings.trust_proxy, Path(settings.spool) / "ip-keys")
+    """The resolver for one process."""
+    return ClientIP(settings.ip_mode, settings.trust_proxy, key_directory(settings.spool))
 

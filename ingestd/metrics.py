@@ -56,7 +56,7 @@ class Metrics:
         counter("ingestd_connections_total", "Connections accepted.", self.connections_total)
         counter("ingestd_connections_refused_total", "Connections refused over --max-connections.",
                 self.connections_refused)
-        counter("ingestd_connections_timed_out_total", "Connections closed by the header timeout.",
+        counter("ingestd_connections_timed_out_total", "Connections closed by the header or idle timeout.",
                 self.connections_timed_out)
         counter("ingestd_connections_evicted_total",
                 "Idle or slow connections closed to admit new ones at --max-connections.", self.connections_evicted)

@@ -61,6 +61,11 @@ def test_hash_is_stable_within_a_day_keyed_and_rotates(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.glob("ip-hash-key-*")) == [f"ip-hash-key-{day + 1}"]
 
 
+def test_workers_share_one_key_directory(tmp_path):
+    assert clientip.key_directory(tmp_path / "spool" / "w3") == tmp_path / "spool" / "ip-keys"
+    assert clientip.key_directory(tmp_path / "spool") == tmp_path / "spool" / "ip-keys"
+
+
 def test_trusted_proxy_headers_are_believed_right_to_left():
     resolver = clientip.ClientIP("full", nets("10.0.0.0/8", "2001:db8::/32"))
     assert resolver.wanted_headers == clientip.PROXY_HEADERS
