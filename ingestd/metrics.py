@@ -1,7 +1,37 @@
 """Process metrics: plain counters bumped on the hot path, formatted as Prometheus text at scrape time."""
 from __future__ import annotations
 
+import bisect
 from collections import Counter
+
+# Histogram bounds: a segment holds 1 row to ~100k rows; a chDB insert takes ms to seconds.
+BATCH_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+INSERT_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Histogram:
+    """A Prometheus histogram: cumulative bucket counts rendered at scrape time."""
+
+    def __init__(self, bounds: tuple):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+    def render(self, name: str, help_text: str) -> list[str]:
+        lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        total = 0
+        for bound, n in zip(list(self.bounds) + ["+Inf"], self.counts):
+            total += n
+            lines.append(f'{name}_bucket{{le="{bound}"}} {total}')
+        lines.append(f"{name}_sum {self.sum:.6f}")
+        lines.append(f"{name}_count {self.count}")
+        return lines
 
 
 class Metrics:
@@ -25,10 +55,32 @@ class Metrics:
         self.bytes_shipped = 0
         self.ship_failures = 0
         self.segments_quarantined = 0
-        self.insert_seconds_sum = 0.0
+        self.batch_rows = Histogram(BATCH_ROWS_BUCKETS)
+        self.insert_seconds = Histogram(INSERT_SECONDS_BUCKETS)
+        self._insert_seconds_sum = 0.0
         self.insert_seconds_count = 0
-        self.batch_rows_last = 0
+        self._batch_rows_last = 0
         self.gauges: dict[str, callable] = {}  # name -> function returning the current value
+
+    # The sink assigns these two per shipment; the setters also feed the histograms, so the sink
+    # need not know about them.
+    @property
+    def batch_rows_last(self) -> int:
+        return self._batch_rows_last
+
+    @batch_rows_last.setter
+    def batch_rows_last(self, rows: int) -> None:
+        self._batch_rows_last = rows
+        self.batch_rows.observe(rows)
+
+    @property
+    def insert_seconds_sum(self) -> float:
+        return self._insert_seconds_sum
+
+    @insert_seconds_sum.setter
+    def insert_seconds_sum(self, total: float) -> None:
+        self.insert_seconds.observe(total - self._insert_seconds_sum)
+        self._insert_seconds_sum = total
 
     def render(self) -> str:
         lines = []
@@ -64,10 +116,8 @@ class Metrics:
         counter("ingestd_ship_failures_total", "Failed insert attempts (retried).", self.ship_failures)
         counter("ingestd_segments_quarantined_total", "Segments ClickHouse refused for good (moved aside).",
                 self.segments_quarantined)
-        lines.append("# HELP ingestd_insert_seconds Time spent in ClickHouse inserts.")
-        lines.append("# TYPE ingestd_insert_seconds summary")
-        lines.append(f"ingestd_insert_seconds_sum {self.insert_seconds_sum:.6f}")
-        lines.append(f"ingestd_insert_seconds_count {self.insert_seconds_count}")
+        lines += self.insert_seconds.render("ingestd_insert_seconds", "ClickHouse insert latency per segment.")
+        lines += self.batch_rows.render("ingestd_batch_rows", "Rows per shipped segment (one insert).")
         lines.append("# HELP ingestd_batch_rows_last Rows in the last shipped segment.")
         lines.append("# TYPE ingestd_batch_rows_last gauge")
         lines.append(f"ingestd_batch_rows_last {self.batch_rows_last}")
