@@ -40,6 +40,18 @@ def split_format(sql: str, default: str) -> tuple[str, str]:
     return sql.rstrip().rstrip(";"), default
 
 
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "b": "\b", "f": "\f"}
+
+
+def unescape_param(text: str) -> str | None:
+    """A param_* value as ClickHouse's HTTP interface reads it: escaped text, \\N alone is NULL."""
+    if text == "\\N":
+        return None
+    if "\\" not in text:
+        return text
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text, flags=re.DOTALL)
+
+
 def refuse_reason(sql: str) -> str | None:
     """Why /query refuses `sql`, or None when it may run (read-only statements only)."""
     stripped = re.sub(r"^(\s|--[^\n]*\n|/\*.*?\*/)*", "", sql, flags=re.DOTALL)
@@ -150,8 +162,7 @@ class AdminApp:
         if reason:
             return error_response(403, reason, close=False)
         fmt = args.pop("default_format", "TabSeparated")
-        # \N is NULL, as in ClickHouse's HTTP interface
-        params = {k[len("param_"):]: None if v == "\\N" else v for k, v in args.items() if k.startswith("param_")}
+        params = {k[len("param_"):]: unescape_param(v) for k, v in args.items() if k.startswith("param_")}
         ticket = Ticket()
 
         def run():

@@ -141,11 +141,21 @@ def bind_values(report: Report, args) -> dict:
 
 
 # -- running -------------------------------------------------------------------------------------------
+def escape_param(value) -> str:
+    """A parameter as ClickHouse's HTTP interface expects it: escaped text, NULL as \\N."""
+    if value is None:
+        return "\\N"
+    text = str(value)
+    for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+        text = text.replace(char, escaped)
+    return text
+
+
 def run_admin(admin_url: str, sql: str, params: dict, token: str = "") -> dict:
     """Run through a running server's admin /query; parameters travel as param_* form fields."""
     form = {"query": sql, "default_format": "JSONCompact"}
     for key, value in params.items():
-        form[f"param_{key}"] = "\\N" if value is None else str(value)  # \N: NULL, as ClickHouse HTTP
+        form[f"param_{key}"] = escape_param(value)
     request = urllib.request.Request(admin_url.rstrip("/") + "/query", data=urllib.parse.urlencode(form).encode(),
                                      method="POST",
                                      headers={"Content-Type": "application/x-www-form-urlencoded"})

@@ -3,7 +3,7 @@
 -- shapes: the upstream document's clients percent-encode it (sometimes twice: 'http%253A%2F%2F…'),
 -- the current Kaltura player sends it Base64-encoded (standard or URL-safe alphabet; a '+' sent
 -- unescaped arrives as a space). The view percent-decodes twice, Base64-decodes when that yields a
--- URL, percent-decodes that twice more, and keeps domainWithoutWWW in lower case. A referrer that is
+-- URL, percent-decodes that twice more, and keeps the host without 'www.' in lower case. A referrer that is
 -- missing or has no recognisable host gets the domain '' (shown as '(none)').
 
 CREATE TABLE IF NOT EXISTS analytics.referrer_daily
@@ -28,11 +28,14 @@ WITH
     replaceAll(percent_decoded, ' ', '+') AS base64_text,
     if(tryBase64Decode(base64_text) != '', tryBase64Decode(base64_text), tryBase64URLDecode(base64_text)) AS base64_decoded,
     decodeURLComponent(decodeURLComponent(
-        if(match(base64_decoded, '^[A-Za-z][A-Za-z0-9+.-]*(://|%3[Aa])'), base64_decoded, percent_decoded))) AS url
+        if(match(base64_decoded, '^[A-Za-z][A-Za-z0-9+.-]*(://|%3[Aa])'), base64_decoded, percent_decoded))) AS url,
+    -- domain() wants a dot in the host; single-label hosts (localhost, intranet names) come from the URL itself
+    if(domainWithoutWWW(url) != '', domainWithoutWWW(url),
+       extract(url, '^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?([^:/?#]+)')) AS host
 SELECT
     partner_id,
     toDate(received_at, 'UTC') AS day,
-    lower(domainWithoutWWW(url)) AS referrer_domain,
+    lower(host) AS referrer_domain,
     countIf(event_type = 1) AS impressions,
     countIf(event_type = 3) AS plays,
     countIf(event_type = 14) AS reached_100,
