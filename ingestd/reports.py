@@ -153,6 +153,8 @@ def escape_param(value) -> str:
 
 def run_admin(admin_url: str, sql: str, params: dict, token: str = "") -> dict:
     """Run through a running server's admin /query; parameters travel as param_* form fields."""
+    if "://" not in admin_url:  # --admin 127.0.0.1:9100, as --admin is given to `serve`
+        admin_url = "http://" + admin_url
     form = {"query": sql, "default_format": "JSONCompact"}
     for key, value in params.items():
         form[f"param_{key}"] = escape_param(value)
