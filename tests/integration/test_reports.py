@@ -526,10 +526,10 @@ def test_replayed_segments_do_not_double_count(loaded):
         assert run_report(loaded, name) == rows, name
 
 
-def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+def cli(*args: str, timeout: float = 60, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
     return subprocess.run([sys.executable, "-m", "ingestd", *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO, env={**env, "PYTHONPATH": str(REPO)})
+                          cwd=REPO, env={**clean, "PYTHONPATH": str(REPO), **(env or {})})
 
 
 def test_cli_list_and_table_output_via_admin(loaded):
@@ -549,6 +549,11 @@ def test_cli_list_and_table_output_via_admin(loaded):
     assert as_csv.stdout.splitlines()[0] == "stage,events,of_loads,of_previous"
     refused = cli("report", "quality", "--entry", "0_a1", "--admin", loaded.admin_url)
     assert refused.returncode != 0 and "does not take --entry" in refused.stderr
+    # neither --admin nor --clickhouse: the configured database is held, so the configured admin is asked
+    configured = cli("report", "funnel", "--format", "json",
+                     env={"INGESTD_CLICKHOUSE": loaded.clickhouse, "INGESTD_ADMIN": f"127.0.0.1:{loaded.admin_port}"})
+    assert configured.returncode == 0 and "asking it at" in configured.stderr, configured.stderr
+    assert json.loads(configured.stdout) == run_report(loaded, "funnel")
 
 
 MALICIOUS = ["0_a1' OR '1'='1", "0_a1'; DROP TABLE analytics.events; --", "\\N", "{entry:String}", "x" * 4000,
