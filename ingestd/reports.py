@@ -229,8 +229,17 @@ def _cell(value) -> str:
     return str(value)
 
 
+VERTICAL_MIN_COLUMNS = 7  # a single row this wide reads better as one metric per line
+
+
 def render_table(names: list[str], rows: list[list]) -> str:
-    """Columns aligned for a terminal: numbers right, text left, NULL as '-'; decimals aligned."""
+    """Columns aligned for a terminal: numbers right, text left, NULL as '-'; decimals aligned.
+
+    A single wide row (summary) is shown transposed: one `metric  value` line each.
+    """
+    if len(rows) == 1 and len(names) >= VERTICAL_MIN_COLUMNS:
+        width = max(map(len, names))
+        return "".join(f"{name.ljust(width)}  {_cell(value)}\n" for name, value in zip(names, rows[0]))
     cells = [[_cell(v) for v in row] for row in rows]
     numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) and rows != []
                for i in range(len(names))]

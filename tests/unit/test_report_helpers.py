@@ -44,6 +44,12 @@ def test_table_aligns_numbers_right_and_decimals():
     assert lines[-1] == "(3 rows)"
 
 
+def test_a_single_wide_row_is_shown_one_metric_per_line():
+    names = [f"m{n}" for n in range(reports.VERTICAL_MIN_COLUMNS)]
+    out = reports.render_table(names, [list(range(len(names) - 1)) + [None]])
+    assert out.splitlines()[:2] == ["m0  0", "m1  1"] and out.splitlines()[-1] == "m6  -"
+
+
 def test_csv_and_json():
     assert reports.render(["a", "b"], [[1, None]], "csv") == "a,b\n1,\n"
     assert reports.render(["a", "b"], [[1, None]], "json").replace(" ", "").replace("\n", "") == '[{"a":1,"b":null}]'
