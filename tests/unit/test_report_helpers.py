@@ -63,3 +63,22 @@ def test_query_refusals(sql):
 
 def test_selects_pass():
     assert refuse_reason("SELECT count() FROM analytics.events FORMAT JSON") is None
+
+
+def test_shipment_histograms():
+    """The sink's per-shipment assignments feed cumulative Prometheus histograms."""
+    from ingestd.metrics import Metrics
+
+    m = Metrics()
+    for rows, seconds in ((5, 0.02), (5000, 0.3), (2_000_000, 20.0)):
+        m.batch_rows_last = rows
+        m.insert_seconds_sum += seconds
+        m.insert_seconds_count += 1
+    text = m.render()
+    for line in ('ingestd_batch_rows_bucket{le="1"} 0', 'ingestd_batch_rows_bucket{le="10"} 1',
+                 'ingestd_batch_rows_bucket{le="10000"} 2', 'ingestd_batch_rows_bucket{le="+Inf"} 3',
+                 "ingestd_batch_rows_count 3", 'ingestd_insert_seconds_bucket{le="0.025"} 1',
+                 'ingestd_insert_seconds_bucket{le="0.5"} 2', 'ingestd_insert_seconds_bucket{le="10.0"} 2',
+                 'ingestd_insert_seconds_bucket{le="+Inf"} 3', "ingestd_insert_seconds_count 3",
+                 "ingestd_insert_seconds_sum 20.320000", "ingestd_batch_rows_last 2000000"):
+        assert line in text.splitlines(), line
