@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import fcntl
 import io
+import math
 import os
 import sys
 import urllib.error
@@ -224,8 +225,8 @@ def typed_rows(result: dict) -> tuple[list[str], list[list]]:
 def _cell(value) -> str:
     if value is None:
         return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}".rstrip("0").rstrip(".") if value != int(value) or abs(value) < 1e15 else str(value)
+    if isinstance(value, float):  # the SQL rounds; at most 4 decimals, no trailing zeros
+        return f"{value:.4f}".rstrip("0").rstrip(".") if math.isfinite(value) else str(value)
     return str(value)
 
 
