@@ -46,10 +46,12 @@ class Report:
     description: str
     params: tuple[str, ...]
     sql: str
+    vertical: bool = False  # `-- layout: vertical`: one row of many metrics, shown one per line
 
 
 def parse_report(path: Path) -> Report:
-    """A report file: `-- NAME: description`, `-- params: a b c`, a comment header, one SELECT."""
+    """A report file: `-- NAME: description`, `-- params: a b c`, optionally `-- layout: vertical`,
+    a comment header, one SELECT."""
     text = path.read_text()
     lines = text.splitlines()
     first = lines[0].removeprefix("--").strip() if lines else ""
@@ -62,7 +64,8 @@ def parse_report(path: Path) -> Report:
     unknown = set(params) - PARAMS.keys()
     if unknown:
         raise ValueError(f"{path}: unknown params {sorted(unknown)}")
-    return Report(path.stem, description.strip(), params, text)
+    vertical = len(lines) > 2 and lines[2].removeprefix("--").strip() == "layout: vertical"
+    return Report(path.stem, description.strip(), params, text, vertical)
 
 
 def available(directory: Path = REPORTS_DIR) -> dict[str, Report]:
@@ -230,15 +233,12 @@ def _cell(value) -> str:
     return str(value)
 
 
-VERTICAL_MIN_COLUMNS = 7  # a single row this wide reads better as one metric per line
-
-
-def render_table(names: list[str], rows: list[list]) -> str:
+def render_table(names: list[str], rows: list[list], vertical: bool = False) -> str:
     """Columns aligned for a terminal: numbers right, text left, NULL as '-'; decimals aligned.
 
-    A single wide row (summary) is shown transposed: one `metric  value` line each.
+    `vertical` (one row of many metrics, like summary) prints one `metric  value` line each.
     """
-    if len(rows) == 1 and len(names) >= VERTICAL_MIN_COLUMNS:
+    if vertical and len(rows) == 1:
         width = max(map(len, names))
         return "".join(f"{name.ljust(width)}  {_cell(value)}\n" for name, value in zip(names, rows[0]))
     cells = [[_cell(v) for v in row] for row in rows]
@@ -263,7 +263,7 @@ def render_table(names: list[str], rows: list[list]) -> str:
     return "\n".join(out) + "\n"
 
 
-def render(names: list[str], rows: list[list], fmt: str) -> str:
+def render(names: list[str], rows: list[list], fmt: str, vertical: bool = False) -> str:
     if fmt == "json":
         return orjson.dumps([dict(zip(names, row)) for row in rows], option=orjson.OPT_INDENT_2).decode() + "\n"
     if fmt == "csv":
@@ -272,7 +272,7 @@ def render(names: list[str], rows: list[list], fmt: str) -> str:
         writer.writerow(names)
         writer.writerows(["" if v is None else v for v in row] for row in rows)
         return buffer.getvalue()
-    return render_table(names, rows)
+    return render_table(names, rows, vertical)
 
 
 # -- the command -----------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def main(args) -> int:
     params = bind_values(report, args)
     result = execute(report.sql, params, args)
     names, rows = typed_rows(result)
-    sys.stdout.write(render(names, rows, args.format))
+    sys.stdout.write(render(names, rows, args.format, report.vertical))
     return 0
 
 

@@ -1,5 +1,6 @@
 -- summary: totals for a partner and period: loads, plays, unique viewers, minutes viewed, ratios
 -- params: partner entry from to
+-- layout: vertical
 --
 -- Reads analytics.entry_hourly (per partner × entry × hour, UTC, by server receive time).
 -- Metric definitions (as Kaltura's analytics defines them):

@@ -44,9 +44,10 @@ def test_table_aligns_numbers_right_and_decimals():
     assert lines[-1] == "(3 rows)"
 
 
-def test_a_single_wide_row_is_shown_one_metric_per_line():
-    names = [f"m{n}" for n in range(reports.VERTICAL_MIN_COLUMNS)]
-    out = reports.render_table(names, [list(range(len(names) - 1)) + [None]])
+def test_a_vertical_report_is_shown_one_metric_per_line():
+    assert reports.available()["summary"].vertical and not reports.available()["top-content"].vertical
+    names = [f"m{n}" for n in range(7)]
+    out = reports.render_table(names, [list(range(len(names) - 1)) + [None]], vertical=True)
     assert out.splitlines()[:2] == ["m0  0", "m1  1"] and out.splitlines()[-1] == "m6  -"
 
 
