@@ -5,7 +5,6 @@ embedded engine is single-process: while the server runs, this is how tools read
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
