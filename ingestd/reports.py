@@ -112,20 +112,21 @@ def _limit(text: str) -> int:
 def add_parser(sub) -> None:
     """Register `ingestd report` on the CLI's subparsers."""
     p = sub.add_parser("report", help="run a report (ingestd report --list)",
-                       description="Run a report from schema/reports/ with bound parameters.")
+                       description="Run a report from schema/reports/ with bound parameters "
+                                   "(`ingestd report --list` shows them and the flags each takes).")
     p.add_argument("name", nargs="?", help="report name (see --list)")
     p.add_argument("--list", action="store_true", help="list the reports, one line each")
-    p.add_argument("--partner", type=_partner, help="partner id (default: all partners)")
-    p.add_argument("--entry", type=_entry, help="entry id (reports per entry only)")
-    p.add_argument("--from", dest="from_", type=_date, help="first day, YYYY-MM-DD UTC (default: all)")
-    p.add_argument("--to", type=_date, help="last day, inclusive, YYYY-MM-DD UTC (default: all)")
+    p.add_argument("--partner", type=_partner, metavar="ID", help="partner id (default: all partners)")
+    p.add_argument("--entry", type=_entry, metavar="ID", help="entry id (reports per entry only)")
+    p.add_argument("--from", dest="from_", type=_date, metavar="DATE", help="first day, YYYY-MM-DD UTC (default: all)")
+    p.add_argument("--to", type=_date, metavar="DATE", help="last day, inclusive, YYYY-MM-DD UTC (default: all)")
     p.add_argument("--interval", choices=("hour", "day"), help="timeline buckets (default day)")
-    p.add_argument("--limit", type=_limit, help="rows of ranked reports (default 20)")
+    p.add_argument("--limit", type=_limit, metavar="N", help="rows of ranked reports (default 20)")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default table)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--admin", help="a running server's admin URL, e.g. http://127.0.0.1:9100")
-    g.add_argument("--clickhouse", help="open this DSN directly (the server must not hold it)")
-    p.add_argument("--admin-token", default=None, help="bearer token for --admin (env INGESTD_ADMIN_TOKEN)")
+    g.add_argument("--admin", metavar="URL", help="a running server's admin URL, e.g. http://127.0.0.1:9100")
+    g.add_argument("--clickhouse", metavar="DSN", help="open this DSN directly (the server must not hold it)")
+    p.add_argument("--admin-token", default=None, metavar="TOKEN", help="bearer token for --admin (env INGESTD_ADMIN_TOKEN)")
     p.set_defaults(func=main)
 
 
