@@ -8,7 +8,8 @@
 --   plays               = count of eventType 3
 --   load_play_ratio     = plays / loads
 --   unique_viewers      = uniq(userId) over plays; a play without userId counts its sessionId
---                         (ClickHouse uniq: exact up to 65 536 distinct values, then ~1 % error)
+--                         (ClickHouse uniq: adaptive sampling of up to 65 536 hashes, so exact
+--                         below that, barring hash collisions, and approximate above)
 --   sessions            = uniq(sessionId) over all events
 --   minutes_viewed      = 10 s per VIEW event (eventType 99) / 60
 --   avg_time_viewed     = minutes_viewed / plays (minutes per play)
