@@ -221,6 +221,20 @@ def rss(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
 
 
+def settled_rss(pid: int, timeout: float = 8.0) -> int:
+    """Current RSS once it stops moving (the embedded ClickHouse frees insert and merge memory for a
+    few seconds after shipping): changes under 2 MiB over a second, or the last value after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = rss(pid)[0]
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = rss(pid)[0]
+        if abs(now - last) < 2 << 20:
+            return now
+        last = now
+    return last
+
+
 def test_network_fuzzer(make_ingestd):
     """20k mutated and random requests: no crash or unhandled error, every 200 a row, every 4xx a reason."""
     server = make_ingestd("--header-timeout", "2").start()
@@ -232,8 +246,8 @@ def test_network_fuzzer(make_ingestd):
     # (parsing, validation, spooling), not the embedded ClickHouse's insert working set, which depends
     # on segment contents (measured: +30..100 MB, plateauing) and is printed after shipping below.
     ship(server, "hold")
+    rss_before = settled_rss(server.proc.pid)
     before = server.metrics()
-    rss_before, _ = rss(server.proc.pid)
     samples = [rss_before]
     done = threading.Event()
 
