@@ -7,7 +7,7 @@ from ingestd.events import Rejection, body_params, form_decode, json_text, numbe
 
 # pieces that make the fast paths' edge cases likely: escapes of k, s, '.', '-', separators, digits
 QUERY_PIECES = st.sampled_from([b"ks", b"k", b"s", b"&", b"=", b"a", b"%6B", b"%6b", b"%73", b"%2E", b"+",
-                                b"1", b"%", b"eventType", b"%zz"])
+                                b"1", b"%", b"eventType", b"%zz", b"0123456789abcdef"])  # a ks-long value
 queries = st.lists(QUERY_PIECES, max_size=12).map(b"".join)
 
 
@@ -23,15 +23,16 @@ def reference_split(query: bytes) -> dict:
 
 
 def reference_strip(query: bytes, mask: bytes = b"") -> bytes:
-    kept = []
+    kept, values = [], []
     for pair in query.split(b"&"):
-        name, _, _ = pair.partition(b"=")
+        name, _, value = pair.partition(b"=")
         if form_decode(name) == b"ks":
+            values.append(value)
             if mask:
                 kept.append(name + b"=" + mask)
             continue
         kept.append(pair)
-    return b"&".join(kept)
+    return ks._mask_echoes(b"&".join(kept), values) if values else query
 
 
 @settings(max_examples=1500, deadline=None)
