@@ -4,7 +4,7 @@
     .venv/bin/python bench/micro.py --profile      # cProfile of the protocol stage, top functions
 
 Stages (each includes the ones above it):
-  validate  events.split_query + events.validate (+ body_params for JSON) of the corpus beacons
+  validate  events.split_query + events.validate (+ json_params for JSON) of the corpus beacons
   app       BeaconApp.handle: routing, validation, the spool row (orjson) and its ticket; a group
             commit every PIPELINE requests (the spool's write(2) to a temp directory is included)
   protocol  HttpProtocol.data_received on the raw request bytes: httptools parsing, the callbacks,
@@ -32,7 +32,7 @@ import orjson  # noqa: E402
 
 import corpus as corpus_mod  # noqa: E402
 from ingestd.beacon import BeaconApp  # noqa: E402
-from ingestd.events import Rejection, body_params, split_query, validate  # noqa: E402
+from ingestd.events import Rejection, json_params, split_query, validate  # noqa: E402
 from ingestd.http import HttpProtocol  # noqa: E402
 from ingestd.metrics import Metrics  # noqa: E402
 from ingestd.spool import Spool  # noqa: E402
@@ -118,7 +118,7 @@ class Bench:
         for method, _path, query, ctype, body in self.parsed:
             try:
                 if method == "POST" and ctype == "application/json":
-                    params, extra = split_query(query), body_params(orjson.loads(body))
+                    params, extra = split_query(query), json_params(orjson.loads(body))[0]
                 elif method == "POST":
                     params, extra = split_query(query + b"&" + body), None
                 else:

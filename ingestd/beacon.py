@@ -11,7 +11,7 @@ import logging
 import orjson
 
 from . import ks as ks_codec
-from .events import Rejection, body_params, form_decode, json_text, split_query, validate
+from .events import Rejection, form_decode, json_params, split_query, validate
 from .http import CLOCK, Response, Ticket, error_response
 
 log = logging.getLogger("ingestd.beacon")
@@ -141,17 +141,13 @@ class BeaconApp:
             self.metrics.responses[503] += 1
             return _OVER_CAP
         params = split_query(query)
-        body = body_params(json_body) if json_body else None
+        body, body_map = json_params(json_body) if json_body else (None, {})
         try:
             if request.path == b"/api_v3/index.php":
                 self._check_service(params, body)
             checked = validate(params, body, self.strict)
         except Rejection as rejection:
             return self._reject(request, query, rejection, json_body)
-        body_map = {}
-        if body:
-            # from the JSON object, not decoded back from `body`: its strings are already str
-            body_map = {k: v if type(v) is str else json_text(v) for k, v in json_body.items() if k}
         ks_info = {}
         if b"ks" in params or (body and b"ks" in body):
             raw_ks = form_decode(params[b"ks"]) if b"ks" in params else body[b"ks"]

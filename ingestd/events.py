@@ -295,34 +295,35 @@ def _shorten(value: bytes, limit: int = 40) -> str:
 
 def body_params(obj: dict) -> dict[bytes, bytes]:
     """A JSON object body as raw parameters (values JSON-decoded, so already plain text)."""
-    out: dict[bytes, bytes] = {}
+    return json_params(obj)[0]
+
+
+def json_params(obj: dict) -> tuple[dict[bytes, bytes], dict[str, str]]:
+    """A JSON object body as raw parameters to validate and as the text map the row stores.
+
+    One pass builds both (the hot path for JSON players): each value's text is made once.
+    """
+    raw_params: dict[bytes, bytes] = {}
+    texts: dict[str, str] = {}
     for key, value in obj.items():
         if not key:  # as split_query skips nameless pairs
             continue
         kind = type(value)  # exact types first: most values are str or int (bool is not int here)
         if kind is str:
-            raw = value.encode("utf-8", "surrogatepass")
-        elif kind is int:
-            raw = b"%d" % value
+            texts[key] = value
+            raw_params[key.encode("utf-8", "surrogatepass")] = value.encode("utf-8", "surrogatepass")
+            continue
+        if kind is int:
+            text = "%d" % value
         elif value is None:
-            raw = b""
+            text = ""
         elif kind is bool:
-            raw = b"true" if value else b"false"
+            text = "true" if value else "false"
         else:
-            raw = orjson.dumps(value)
-        out[key.encode("utf-8", "surrogatepass")] = raw
-    return out
-
-
-def json_text(value) -> str:
-    """A JSON body value that is not a string, as the text `body_params` validates and the row stores."""
-    if value is None:
-        return ""
-    if value is True or value is False:
-        return "true" if value else "false"
-    if type(value) is int:
-        return "%d" % value
-    return orjson.dumps(value).decode()
+            text = orjson.dumps(value).decode()
+        texts[key] = text
+        raw_params[key.encode("utf-8", "surrogatepass")] = text.encode()
+    return raw_params, texts
 
 
 @dataclass(frozen=True, slots=True)
