@@ -305,13 +305,19 @@ def json_params(obj: dict) -> tuple[dict[bytes, bytes], dict[str, str]]:
     """
     raw_params: dict[bytes, bytes] = {}
     texts: dict[str, str] = {}
+    key_bytes = _JSON_KEY_BYTES
     for key, value in obj.items():
         if not key:  # as split_query skips nameless pairs
             continue
+        raw_key = key_bytes.get(key)  # players send the same ~30 names every time: encode them once
+        if raw_key is None:
+            raw_key = key.encode("utf-8", "surrogatepass")
+            if len(key_bytes) < JSON_KEY_CACHE_ENTRIES:
+                key_bytes[key] = raw_key
         kind = type(value)  # exact types first: most values are str or int (bool is not int here)
         if kind is str:
             texts[key] = value
-            raw_params[key.encode("utf-8", "surrogatepass")] = value.encode("utf-8", "surrogatepass")
+            raw_params[raw_key] = value.encode("utf-8", "surrogatepass")
             continue
         if kind is int:
             text = "%d" % value
@@ -322,8 +328,12 @@ def json_params(obj: dict) -> tuple[dict[bytes, bytes], dict[str, str]]:
         else:
             text = orjson.dumps(value).decode()
         texts[key] = text
-        raw_params[key.encode("utf-8", "surrogatepass")] = text.encode()
+        raw_params[raw_key] = text.encode()
     return raw_params, texts
+
+
+JSON_KEY_CACHE_ENTRIES = 4096  # distinct JSON names kept encoded; past this, new names are encoded each time
+_JSON_KEY_BYTES: dict[str, bytes] = {}
 
 
 @dataclass(frozen=True, slots=True)
