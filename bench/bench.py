@@ -382,6 +382,11 @@ class Ingestd:
     def peak_rss_mib(self) -> float:
         return status_kib([self.proc.pid], "VmHWM") / 1024
 
+    def rss_note(self) -> str:
+        """How today's RSS splits: anonymous memory vs file-backed pages (mostly chDB's mapped code)."""
+        anon, file = (status_kib([self.proc.pid], key) / 1024 for key in ("RssAnon", "RssFile"))
+        return f"RSS now {anon + file:.0f} MiB: {anon:.0f} anonymous + {file:.0f} file-backed (the engine's code)"
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -440,6 +445,7 @@ def run_collector(corpus: Path, work: Path) -> Row:
                          f"{rows:,} rows shipped into the embedded ClickHouse in {ship_s:.1f} s "
                          f"({rows / ship_s:,.0f} rows/s)")
         row.rss_peak_mib = server.peak_rss_mib()
+        row.notes.append(f"{row.name}: {server.rss_note()}")
         row.notes.append(f"{row.name}: RSS during the load {sampler.samples[0][1]:.0f} → {max(s for _, s in sampler.samples):.0f} MiB; "
                          f"peak {row.rss_peak_mib:.0f} MiB includes shipping")
         return row
@@ -476,6 +482,7 @@ def run_e2e(corpus: Path, work: Path, seconds: int, name: str) -> tuple[Row, Rss
                          f"window: p50 {p50 / 1000:.2f} s, p99 {p99 / 1000:.2f} s, max {fresh['mx'] / 1000:.2f} s; "
                          f"spool backlog at the end of the load {backlog / 2**20:.1f} MiB, drained in {drain_s:.1f} s")
         row.rss_peak_mib = server.peak_rss_mib()
+        row.notes.append(f"{name}: {server.rss_note()}")
         return row, sampler
     finally:
         server.stop()
