@@ -35,6 +35,9 @@ _WRITE_FAILED = Response(
     503, b"event not stored: spool write failed; retry later\n",
     headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS,
 )
+_SHUTTING_DOWN = Response(
+    503, b"shutting down; retry later\n", headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS, close=True
+)
 _JSON = b"application/json"
 
 
@@ -122,7 +125,7 @@ class BeaconApp:
         """Validate and spool one beacon; `variant` 0 answers with plain time, 1 with the JSON object."""
         if self.spool.over_cap or not self.accepting:
             self.metrics.responses[503] += 1
-            return _OVER_CAP
+            return _OVER_CAP if self.accepting else _SHUTTING_DOWN
         params = split_query(query)
         body = body_params(json_body) if json_body else None
         try:
