@@ -27,7 +27,10 @@ log = logging.getLogger("ingestd.server")
 TICK_SECONDS = 0.25  # clock, segment age and timeout checks; a segment is sealed at most this late
 LISTEN_BACKLOG = 4096
 CONNECTION_DRAIN_SECONDS = 2.0  # on shutdown, time for clients to receive replies already decided
-EXIT_MARGIN_SECONDS = 0.5  # of --drain-timeout, kept for closing ClickHouse and the interpreter's exit
+# Of --drain-timeout, kept back for closing ClickHouse, the interpreter's exit and a busy loop's
+# signal latency, so the process is gone within the timeout a supervisor was promised.
+EXIT_MARGIN_SECONDS = 1.0
+EXIT_MARGIN_FRACTION = 0.25
 
 
 def bind(address: str, reuse_port: bool = False) -> socket.socket:
@@ -134,7 +137,8 @@ class Server:
 
     async def _shutdown(self, beacon, admin, ticker) -> None:
         """Stop accepting, answer in-flight requests, seal, ship; all within --drain-timeout."""
-        deadline = time.monotonic() + max(0.0, self.settings.drain_timeout - EXIT_MARGIN_SECONDS)
+        timeout = self.settings.drain_timeout
+        deadline = time.monotonic() + timeout - min(EXIT_MARGIN_SECONDS, timeout * EXIT_MARGIN_FRACTION)
         log.info("shutting down: draining connections and the spool (up to %.1fs)", self.settings.drain_timeout)
         self.shutting_down = True
         beacon.close()

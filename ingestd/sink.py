@@ -94,13 +94,20 @@ class Sink(threading.Thread):
         self.retry_now.set()
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every sealed segment is shipped (or the timeout); True when nothing is left."""
+        """Ship every sealed segment within `timeout`; True when nothing is left.
+
+        Gives up early when an attempt made during the drain fails (ClickHouse down): the
+        segments stay in the spool for the next start, and the shutdown is not held up.
+        """
         deadline = time.monotonic() + timeout
+        failures = self.metrics.ship_failures
         self.wake.set()
         self.retry_now.set()
         while time.monotonic() < deadline:
             if not self.pending():
                 return True
+            if self.metrics.ship_failures > failures:
+                return False
             time.sleep(0.02)
         return not self.pending()
 

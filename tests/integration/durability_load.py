@@ -7,8 +7,14 @@ or closed the connection first) is "in flight": it may or may not have been stor
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
 
 PARTNER_ID = 4242
 BEACON_PATH = (
@@ -32,6 +38,7 @@ class LoadResult:
     refused: dict = field(default_factory=dict)  # status -> count (non-200 replies)
     refused_keys: set = field(default_factory=set)
     retry_after: set = field(default_factory=set)  # Retry-After values seen on 503s
+    refusal_bodies: set = field(default_factory=set)  # distinct bodies of non-200 replies
     bodies: set = field(default_factory=set)  # distinct 200 bodies (sampled)
     sent: int = 0
     connection_errors: int = 0
@@ -76,7 +83,7 @@ class Load:
     async def _connection(self, conn_id: int, deadline: float) -> None:
         result = self.result
         keys: list = []
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.stopped:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", self.port())
             except OSError:
@@ -100,6 +107,7 @@ class Load:
                         else:
                             result.refused[status] = result.refused.get(status, 0) + 1
                             result.refused_keys.add(key)
+                            result.refusal_bodies.add(body)
                             if "retry-after" in headers:
                                 result.retry_after.add(headers["retry-after"])
                             if self.stop_on_refusal:
@@ -122,3 +130,70 @@ class Load:
     @property
     def acked_count(self) -> int:
         return len(self.result.acked)
+
+
+# -- checks shared by the durability tests ------------------------------------------------------------
+STORED_KEYS_SQL = (
+    "SELECT session_id, event_index, count() AS n FROM analytics.events "
+    f"WHERE partner_id = {PARTNER_ID} GROUP BY session_id, event_index"
+)
+
+
+def run_load(port, total: int, **kw) -> LoadResult:
+    """Run a load to completion (or its timeout) and return what it saw."""
+    timeout = kw.pop("timeout", 60.0)
+    return asyncio.run(Load(port if callable(port) else (lambda: port), total, **kw).run(timeout))
+
+
+def check_exactly_once(stored: list[tuple[str, int, int]], result: LoadResult) -> int:
+    """Every 200 stored once, nothing twice, extras only among in-flight keys; return the extras."""
+    twice = [row for row in stored if row[2] > 1]
+    assert not twice, f"{len(twice)} beacons stored more than once, e.g. {twice[:5]}"
+    keys = {(s, int(i)) for s, i, _ in stored}
+    missing = result.acked - keys
+    assert not missing, f"{len(missing)} acknowledged beacons lost, e.g. {sorted(missing)[:5]}"
+    extra = keys - result.acked
+    unexplained = extra - result.in_flight
+    assert not unexplained, f"{len(unexplained)} stored beacons were refused or never sent: {sorted(unexplained)[:5]}"
+    return len(extra)
+
+
+def stored_via_admin(server) -> list[tuple[str, int, int]]:
+    return [(r["session_id"], int(r["event_index"]), int(r["n"])) for r in server.query(STORED_KEYS_SQL)]
+
+
+def spool_files(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).iterdir() if p.suffix in (".seg", ".open"))
+
+
+def wait_drained(server, timeout: float = 90.0) -> None:
+    """Until the server's spool is empty: every leftover and new segment shipped."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not spool_files(server.spool) and server.metrics().get("ingestd_spool_bytes") == 0:
+            return
+        time.sleep(0.1)
+    raise AssertionError("spool did not drain:\n" + server.log_text()[-3000:])
+
+
+def spooled_keys(directory: Path) -> set:
+    """(sessionId, eventIndex) of every load beacon in a spool directory's segment files."""
+    import orjson
+    from urllib.parse import parse_qs
+
+    keys = set()
+    for path in spool_files(directory):
+        for line in path.read_bytes().splitlines():
+            row = orjson.loads(line)
+            params = parse_qs(row[4])
+            if "sessionId" in params:
+                keys.add((params["sessionId"][0], int(params["eventIndex"][0])))
+    return keys
+
+
+def ingestd_cli(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run `python -m ingestd ARGS` as a user would."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "ingestd", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)

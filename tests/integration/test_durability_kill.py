@@ -5,46 +5,12 @@ import asyncio
 import time
 
 from conftest import Ingestd, free_port
-from durability_load import PARTNER_ID, Load
+from durability_load import Load, check_exactly_once, stored_via_admin, wait_drained
 
 TOTAL_BEACONS = 24_000
 CONNECTIONS = 16
 # Small segments make shipments frequent, so kills land while the sink is inserting.
 SERVER_ARGS = ("--segment-max-bytes", "64K", "--segment-max-age-ms", "300", "--drain-timeout", "5")
-
-
-def stored_keys(server: Ingestd) -> list[tuple[str, int, int]]:
-    """(session_id, event_index, copies) of every load event in analytics.events."""
-    rows = server.query(
-        "SELECT session_id, event_index, count() AS n FROM analytics.events "
-        f"WHERE partner_id = {PARTNER_ID} GROUP BY session_id, event_index"
-    )
-    return [(r["session_id"], int(r["event_index"]), int(r["n"])) for r in rows]
-
-
-def wait_drained(server: Ingestd, timeout: float = 90.0) -> None:
-    """Until the spool is empty: every leftover and new segment shipped."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not list(server.spool.glob("*.seg")) and not list(server.spool.glob("*.open")):
-            if server.metrics().get("ingestd_spool_bytes") == 0:
-                return
-        time.sleep(0.2)
-    raise AssertionError("spool did not drain:\n" + server.log_text()[-3000:])
-
-
-def assert_exactly_once(server: Ingestd, result) -> int:
-    """Every 200 stored once, nothing stored twice, extras only from in-flight keys; return extras."""
-    stored = stored_keys(server)
-    twice = [(s, i, n) for s, i, n in stored if n > 1]
-    assert not twice, f"{len(twice)} keys stored more than once, e.g. {twice[:5]}"
-    keys = {(s, i) for s, i, _ in stored}
-    missing = result.acked - keys
-    assert not missing, f"{len(missing)} acknowledged beacons lost, e.g. {sorted(missing)[:5]}"
-    extra = keys - result.acked
-    unexplained = extra - result.in_flight
-    assert not unexplained, f"{len(unexplained)} stored beacons never sent or refused: {sorted(unexplained)[:5]}"
-    return len(extra)
 
 
 def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path, capsys):
@@ -102,7 +68,7 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path, capsys):
         assert result.sent >= TOTAL_BEACONS - CONNECTIONS * 8
         assert len(result.acked) >= 20_000, (len(result.acked), result.refused)
         wait_drained(server)
-        extras = assert_exactly_once(server, result)
+        extras = check_exactly_once(stored_via_admin(server), result)
     finally:
         server.stop()
     with capsys.disabled():
