@@ -76,7 +76,7 @@ class Server:
         m = self.metrics
         m.gauges["ingestd_spool_bytes"] = lambda: self.spool.bytes_on_disk
         m.gauges["ingestd_spool_segments"] = lambda: len(self.sink.pending())
-        m.gauges["ingestd_clickhouse_connected"] = lambda: int(self.sink.connected.is_set())
+        m.gauges["ingestd_clickhouse_connected"] = lambda: int(self.sink.connected.is_set() and self.sink.healthy)
         m.gauges["ingestd_shipping_held"] = lambda: int(self.hold.is_set())
 
     def not_ready_reason(self) -> str | None:

@@ -72,7 +72,8 @@ class Sink(threading.Thread):
         self.wake = threading.Event()  # a segment was sealed
         self.retry_now = threading.Event()  # cut a backoff short (shutdown drain)
         self.stopping = threading.Event()
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # a client is open and migrated
+        self.healthy = False  # ... and the last attempt to use it succeeded
         self.client = None
         self.last_error: str | None = None
         self.backlog_segments = 0
@@ -132,11 +133,13 @@ class Sink(threading.Thread):
                     continue
                 self.wake.clear()  # before listing: a segment sealed from now on wakes the next pass
                 shipped = self.ship_pending()
+                self.healthy = True
                 backoff = BACKOFF_FIRST
                 if not shipped:
                     self.wake.wait(IDLE_POLL_SECONDS)
             except Exception as exc:  # noqa: BLE001 - every failure is retried or quarantined below
                 self.metrics.ship_failures += 1
+                self.healthy = False
                 self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
                 log.warning("ClickHouse not reachable or insert failed (retry in %.1fs): %s",
                             backoff, self.last_error)
@@ -157,6 +160,7 @@ class Sink(threading.Thread):
             raise
         self.client = client
         self.connected.set()
+        self.healthy = True
         self.last_error = None
         log.info("connected to ClickHouse %s", clickhouse.redact(self.dsn))
 

@@ -242,7 +242,10 @@ class Spool:
             with self._sync_lock:
                 self._to_sync.append(fd)  # the fsync thread syncs what is left, then closes it
         else:
-            os.close(fd)
+            try:
+                os.close(fd)
+            except OSError as exc:  # the rows were written; a late error (e.g. NFS) changes nothing
+                log.error("closing spool segment %s failed: %s", path, exc)
         assert path is not None
         if size == 0:
             try:

@@ -52,6 +52,9 @@ def test_unreachable_clickhouse_then_replay_twice_stores_each_event_once(tmp_pat
     shutil.copytree(spool, copy)
     dsn = f"chdb://{tmp_path / 'replayed'}"
 
+    down = ingestd_cli("replay", "--spool", str(spool), "--clickhouse", dead_clickhouse())
+    assert down.returncode == 1 and "replay stopped" in down.stderr and "run it again" in down.stderr
+    assert spool_files(spool) == segments  # nothing lost or moved by the failed attempt
     first = ingestd_cli("replay", "--spool", str(spool), "--clickhouse", dsn)
     assert first.returncode == 0, first.stderr
     assert f"replayed {len(segments)} segment(s), 3000 row(s)" in first.stdout
