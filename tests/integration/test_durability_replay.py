@@ -129,8 +129,14 @@ def test_segments_shipped_but_not_deleted_before_a_kill_are_not_inserted_twice(t
 
 
 def test_torn_tail_is_cut_and_set_aside_never_shipped(tmp_path):
-    """Half a row at the end of an open segment (a crash mid-write) is set aside; the whole rows ship."""
+    """Half a row at the end of an open segment (a crash mid-write) is set aside; the whole rows ship.
+
+    A sealed segment ClickHouse refuses for good is moved to failed/ (counted, logged), never deleted,
+    and does not hold up the segments after it.
+    """
     result, spool, _ = spool_while_clickhouse_down(tmp_path, 1000, "torn")
+    refused = spool / "0000000000000000001-1-000001.seg"  # sorts first: shipped before the others
+    refused.write_bytes(b'["e","not a number","127.0.0.1","ua","eventType=2",{},[],{},"","",""]\n')
     last = spool_files(spool)[-1]
     lines = last.read_bytes().splitlines(keepends=True)
     torn = last.with_suffix(".open")
@@ -142,7 +148,9 @@ def test_torn_tail_is_cut_and_set_aside_never_shipped(tmp_path):
     try:
         wait_drained(server)
         metrics = server.metrics()
-        assert metrics["ingestd_segments_quarantined_total"] == 0  # no insert failed on garbage
+        assert metrics["ingestd_segments_quarantined_total"] == 1  # the refused one; none from the torn tail
+        assert (spool / "failed" / refused.name).exists()
+        assert "refused segment 0000000000000000001-1-000001" in server.log_text()
         assert check_exactly_once(stored_via_admin(server), result) == 0
         assert server.query("SELECT count() AS n FROM analytics.rejected_events")[0]["n"] in (0, "0")
         assert (spool / "failed" / (torn.name.split(".")[0] + ".torn")).read_bytes() == half
