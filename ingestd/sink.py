@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import clickhouse
-from .spool import lock_directory, quarantine, recover, sealed_segments
+from .spool import QUARANTINE_DIR, lock_directory, quarantine, recover, sealed_segments
 
 log = logging.getLogger("ingestd.sink")
 
@@ -22,6 +22,7 @@ INCOMING_TABLE = "analytics.events_incoming"
 FORMAT = "JSONCompactEachRow"
 BACKOFF_FIRST = 0.2  # seconds
 BACKOFF_MAX = 30.0  # a ClickHouse restart takes seconds; retry at least twice a minute
+MAX_SPLIT_INSERTS = 64  # inserts spent finding the bad rows of a refused segment; the rest is set aside
 IDLE_POLL_SECONDS = 0.5  # look at the directory this often even without a wake-up (e.g. segments copied in)
 
 # ClickHouse error codes that will fail the same way on every retry: bad data or schema.
@@ -48,13 +49,43 @@ def is_permanent(exc: BaseException) -> bool:
     return error_code(exc) in PERMANENT_ERROR_CODES
 
 
+def insert(client, data: bytes, token: str) -> None:
+    """One insert of spool rows as they are on disk; `token` makes a repeat of it a no-op."""
+    if data:
+        settings = dict(clickhouse.INSERT_SETTINGS, insert_deduplication_token=token)
+        client.raw_insert(INCOMING_TABLE, None, data, settings=settings, fmt=FORMAT)
+
+
 def ship_segment(client, path: Path) -> int:
     """Insert one segment; return its row count. Raises what ClickHouse raised."""
     data = path.read_bytes()
-    if data:
-        settings = dict(clickhouse.INSERT_SETTINGS, insert_deduplication_token=path.stem)
-        client.raw_insert(INCOMING_TABLE, None, data, settings=settings, fmt=FORMAT)
+    insert(client, data, path.stem)
     return data.count(b"\n")
+
+
+def ship_refused(client, rows: list[bytes], token: str, budget: list[int]) -> tuple[int, list[bytes]]:
+    """Insert what ClickHouse accepts of `rows` it refused as a whole: each half on its own, recursively.
+
+    Returns (rows inserted, rows refused). The halves' tokens derive from `token`, and the split is
+    the same every time, so shipping the segment again after a crash inserts nothing twice.
+    Transient errors propagate (the segment stays and is retried).
+    """
+    if len(rows) < 2 or budget[0] <= 0:
+        return 0, rows
+    middle = len(rows) // 2
+    shipped, refused = 0, []
+    for i, part in enumerate((rows[:middle], rows[middle:])):
+        budget[0] -= 1
+        try:
+            insert(client, b"".join(part), f"{token}.{i}")
+            shipped += len(part)
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+            part_shipped, part_refused = ship_refused(client, part, f"{token}.{i}", budget)
+            shipped += part_shipped
+            refused += part_refused
+    return shipped, refused
 
 
 class Sink(threading.Thread):
@@ -211,23 +242,34 @@ class Sink(threading.Thread):
 
 
 def ship_or_quarantine(client, path: Path, metrics) -> int | None:
-    """Ship one segment and delete it; a segment ClickHouse refuses for good is moved aside (None).
+    """Ship one segment and delete it; return the rows inserted (None: all refused).
 
-    Transient errors propagate and the segment stays: shipping it again later is the same insert
-    with the same token, so ClickHouse keeps one copy whatever part of it had landed.
+    Rows ClickHouse refuses for good (bad data) are found by splitting the segment and moved to
+    failed/NAME.seg, never deleted; the rest is inserted. Transient errors propagate and the segment
+    stays: shipping it again later is the same insert with the same token, so ClickHouse keeps one
+    copy whatever part of it had landed.
     """
     try:
-        rows = ship_segment(client, path)
+        return_rows = ship_segment(client, path)
     except Exception as exc:
         if not is_permanent(exc):
             raise
-        target = quarantine(path)
+        reason = str(exc).splitlines()[0][:300]
+        rows = path.read_bytes().splitlines(keepends=True)
+        shipped, refused = ship_refused(client, rows, path.stem, [MAX_SPLIT_INSERTS])
+        if shipped:
+            target = path.parent / QUARANTINE_DIR / path.name
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(b"".join(refused))
+            path.unlink()
+        else:
+            target = quarantine(path)
         metrics.segments_quarantined += 1
-        log.error("ClickHouse refused segment %s for good; moved to %s: %s", path.name, target,
-                  str(exc).splitlines()[0][:300])
-        return None
+        log.error("ClickHouse refused segment %s for good: %d row(s) moved to %s, %d inserted: %s",
+                  path.name, len(refused), target, shipped, reason)
+        return shipped or None
     path.unlink()
-    return rows
+    return return_rows
 
 
 def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[int, int]:

@@ -8,7 +8,7 @@ import time
 
 from conftest import REPO, Ingestd, free_port, query_direct
 from durability_load import (
-    STORED_KEYS_SQL, check_exactly_once, ingestd_cli, run_load, spool_files, spooled_keys, stored_via_admin,
+    PARTNER_ID, STORED_KEYS_SQL, check_exactly_once, ingestd_cli, run_load, spool_files, spooled_keys, stored_via_admin,
     wait_drained,
 )
 
@@ -136,7 +136,12 @@ def test_torn_tail_is_cut_and_set_aside_never_shipped(tmp_path):
     """
     result, spool, _ = spool_while_clickhouse_down(tmp_path, 1000, "torn")
     refused = spool / "0000000000000000001-1-000001.seg"  # sorts first: shipped before the others
-    refused.write_bytes(b'["e","not a number","127.0.0.1","ua","eventType=2",{},[],{},"","",""]\n')
+    good = (b'["e",%d,"127.0.0.1","ua","eventType=2&partnerId=%d&entryId=0_x&sessionId=mixed&eventIndex=%d",'
+            b'{},[],{},"","",""]\n')
+    bad = b'["e","not a number","127.0.0.1","ua","eventType=2",{},[],{},"","",""]\n'
+    now_ms = int(time.time() * 1000)
+    refused.write_bytes(good % (now_ms, PARTNER_ID, 0) + bad + good % (now_ms, PARTNER_ID, 1))
+    result.acked |= {("mixed", 0), ("mixed", 1)}  # the good rows of a refused segment are inserted
     last = spool_files(spool)[-1]
     lines = last.read_bytes().splitlines(keepends=True)
     torn = last.with_suffix(".open")
@@ -149,8 +154,8 @@ def test_torn_tail_is_cut_and_set_aside_never_shipped(tmp_path):
         wait_drained(server)
         metrics = server.metrics()
         assert metrics["ingestd_segments_quarantined_total"] == 1  # the refused one; none from the torn tail
-        assert (spool / "failed" / refused.name).exists()
-        assert "refused segment 0000000000000000001-1-000001" in server.log_text()
+        assert (spool / "failed" / refused.name).read_bytes() == bad  # only the bad row is set aside
+        assert "refused segment 0000000000000000001-1-000001.seg for good: 1 row(s)" in server.log_text()
         assert check_exactly_once(stored_via_admin(server), result) == 0
         assert server.query("SELECT count() AS n FROM analytics.rejected_events")[0]["n"] in (0, "0")
         assert (spool / "failed" / (torn.name.split(".")[0] + ".torn")).read_bytes() == half
