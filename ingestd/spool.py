@@ -55,13 +55,28 @@ def lock_directory(directory: Path):
         os.close(fd)
 
 
+class _Names:
+    """Segment names: `<ns>-<pid>-<n>`, strictly increasing within a process and after every
+    segment already in the directory, so shipping order is creation order even if the clock
+    steps back across a restart."""
+
+    last_ns = 0
+    counter = 0
+
+
 def segment_name() -> str:
     """A name that sorts in creation order and is unique across processes and restarts."""
-    segment_name.counter += 1  # type: ignore[attr-defined]
-    return f"{time.time_ns():019d}-{os.getpid()}-{segment_name.counter:06d}"  # type: ignore[attr-defined]
+    _Names.last_ns = max(time.time_ns(), _Names.last_ns + 1)
+    _Names.counter += 1
+    return f"{_Names.last_ns:019d}-{os.getpid()}-{_Names.counter:06d}"
 
 
-segment_name.counter = 0  # type: ignore[attr-defined]
+def names_after(paths: list[Path]) -> None:
+    """Make every new segment name sort after these (leftovers of an earlier process)."""
+    for path in paths:
+        prefix = path.name.split("-", 1)[0]
+        if prefix.isdigit():
+            _Names.last_ns = max(_Names.last_ns, int(prefix))
 
 
 def is_row(line: bytes) -> bool:
@@ -165,7 +180,9 @@ class Spool:
         self.write_errors = 0
         self.commits = 0
         self._lock_fd = acquire_lock(self.directory)
-        for path in recover(self.directory):
+        leftovers = recover(self.directory)
+        names_after(leftovers)
+        for path in leftovers:
             self._bytes += path.stat().st_size
         self._fsync_stop = threading.Event()
         self._fsync_thread = None

@@ -21,9 +21,12 @@ def dead_clickhouse() -> str:
 
 
 def spool_while_clickhouse_down(tmp_path, beacons: int, session: str):
-    """Serve with ClickHouse unreachable, send `beacons`, stop: (load result, spool dir, stop seconds)."""
+    """Serve with ClickHouse unreachable, send `beacons`, stop: (load result, spool dir, stop seconds).
+
+    Runs with --fsync interval, so the background fdatasync path is exercised end to end too.
+    """
     server = Ingestd(tmp_path, "--drain-timeout", str(DRAIN_TIMEOUT), "--segment-max-bytes", "256K",
-                     clickhouse=dead_clickhouse())
+                     "--fsync", "interval", "--fsync-interval-ms", "20", clickhouse=dead_clickhouse())
     server.start(wait_clickhouse=False)
     try:
         result = run_load(server.port, beacons, connections=16, session=session)

@@ -109,3 +109,15 @@ def test_fsync_interval_syncs_off_the_loop_and_leaks_no_descriptor(tmp_path):
     os.close(spool._lock_fd)
     assert len(sealed_segments(tmp_path)) == 10
     assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_new_segments_sort_after_leftovers_even_from_the_future(tmp_path):
+    """A clock stepped back across a restart does not ship new segments before old ones."""
+    leftover = tmp_path / "2999999999999999999-1-000001.seg"  # written "later" than now
+    leftover.write_bytes(row(1))
+    sealed = []
+    spool = Spool(tmp_path, on_sealed=sealed.append)
+    spool.append(row(2))
+    spool.commit()
+    spool.seal()
+    assert sealed_segments(tmp_path) == [leftover, sealed[0]]
