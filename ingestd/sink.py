@@ -4,7 +4,7 @@ Owns its own clickhouse-connect client (the chDB backend serialises calls per cl
 segment is one insert of its own bytes (JSONCompactEachRow) with insert_deduplication_token =
 segment name, so a replay after a crash is the same insert and ClickHouse drops the duplicate.
 A segment is deleted only after ClickHouse confirmed it; on a transient error it is retried with
-capped exponential backoff; one ClickHouse can never accept is quarantined, not deleted.
+capped exponential backoff; rows ClickHouse can never accept are set aside in failed/, not deleted.
 """
 from __future__ import annotations
 

@@ -120,6 +120,15 @@ def test_segments_shipped_but_not_deleted_before_a_kill_are_not_inserted_twice(t
     try:
         wait_drained(server)
         assert check_exactly_once(stored_via_admin(server), result) == 0
+        # Every table a shipment lands in (through materialized views too) must drop a repeated token.
+        tables = server.query("SELECT name, engine, engine_full FROM system.tables WHERE database = 'analytics' "
+                              "AND engine LIKE '%MergeTree%' AND name != 'schema_migrations'")
+        assert {t["name"] for t in tables} >= {"events", "rejected_events"}
+        for table in tables:
+            assert (table["engine"].startswith("Replicated")
+                    or "non_replicated_deduplication_window" in table["engine_full"]), (
+                f"analytics.{table['name']} lacks SETTINGS non_replicated_deduplication_window: "
+                "a segment shipped again after a crash would be counted twice there")
         server.kill()  # kill -9 right after the inserts were confirmed
         for path in spool_files(backup):  # ... as if it had died before deleting the segments
             shutil.copy(path, spool / path.name)
