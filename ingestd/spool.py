@@ -24,6 +24,7 @@ OPEN_SUFFIX = ".open"
 SEALED_SUFFIX = ".seg"
 QUARANTINE_DIR = "failed"
 LOCK_FILE = ".lock"
+WRITE_ERROR_LOG_SECONDS = 10.0  # a full disk fails every commit: log the first, then once per this
 
 
 class SpoolBusy(RuntimeError):
@@ -178,6 +179,7 @@ class Spool:
         self._to_sync: list[int] = []  # fds of sealed segments, closed by the fsync thread
         self._dir_dirty = False  # a segment was created or renamed since the last directory fsync
         self.write_errors = 0
+        self._error_logged_at = float("-inf")
         self.commits = 0
         self._lock_fd = acquire_lock(self.directory)
         leftovers = recover(self.directory)
@@ -210,7 +212,11 @@ class Spool:
                 view = view[written:]
         except OSError as exc:
             self.write_errors += 1
-            log.error("spool write failed: %s", exc)
+            now = time.monotonic()
+            if now - self._error_logged_at >= WRITE_ERROR_LOG_SECONDS:
+                self._error_logged_at = now
+                log.error("spool write failed, beacons answered 503 (%d failed writes so far): %s",
+                          self.write_errors, exc)
             self._undo_partial_write()
             return False
         self._size += len(data)

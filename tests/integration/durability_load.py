@@ -127,6 +127,16 @@ class Load:
         await asyncio.gather(*(self._connection(c, deadline) for c in range(self.connections)))
         return self.result
 
+    def run_alongside(self, action, timeout: float = 120.0) -> LoadResult:
+        """Run the load and the coroutine `action()` (kills, signals) together; return what the load saw."""
+        async def both():
+            task = asyncio.create_task(action())
+            result = await self.run(timeout)
+            await task
+            return result
+
+        return asyncio.run(both())
+
     @property
     def acked_count(self) -> int:
         return len(self.result.acked)

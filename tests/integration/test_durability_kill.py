@@ -14,7 +14,7 @@ SERVER_ARGS = ("--segment-max-bytes", "64K", "--segment-max-age-ms", "300", "--d
 
 
 def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path, capsys):
-    """Three kill -9s at different moments of a 24k-beacon load; the restarted server drains everything."""
+    """Four kill -9s at different moments of a 24k-beacon load; the restarted server drains everything."""
     port = free_port()
     server = Ingestd(tmp_path, "--listen", f"127.0.0.1:{port}", *SERVER_ARGS)
     server.start()
@@ -35,35 +35,29 @@ def test_kill_9_under_load_loses_and_duplicates_nothing(tmp_path, capsys):
             moments.append((moment, load.acked_count, segments))
             server.start()
 
-        # 1. early: the first segment is still open, nothing shipped yet
-        await until(lambda: load.acked_count >= 1500)
-        await asyncio.to_thread(kill_and_restart, "early, first segment open")
-        # 2. while the sink ships: right after a shipment was counted, with more sealed and waiting
-        await until(lambda: load.acked_count >= 8000)
-
-        def shipping():
+        def after_next_shipment(moment: str) -> None:
+            """Kill right after the sink confirmed a segment, with more sealed ones waiting: mid-insert."""
             shipped = server.metrics().get("ingestd_batches_shipped_total", 0)
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 if server.metrics().get("ingestd_batches_shipped_total", 0) > shipped:
-                    return kill_and_restart("during a shipment")
-            raise AssertionError("no shipment seen")
+                    return kill_and_restart(moment)
+            raise AssertionError("no shipment seen:\n" + server.log_text()[-2000:])
 
-        await asyncio.to_thread(shipping)
-        # 3. right after a restart, while leftover segments replay and new writes land
+        # 1. early in the load: group commits landing, the first segments sealing
+        await until(lambda: load.acked_count >= 1500)
+        await asyncio.to_thread(kill_and_restart, "early in the load")
+        # 2. while the sink ships (the restarted process replays the leftovers first)
+        await until(lambda: load.acked_count >= 8000)
+        await asyncio.to_thread(after_next_shipment, "during a shipment")
+        # 3. at full load, writes and shipments both in progress
         await until(lambda: load.acked_count >= 15000)
-        await asyncio.to_thread(kill_and_restart, "during load, before the replay")
-        await asyncio.sleep(0.3)
-        await asyncio.to_thread(kill_and_restart, "during the startup replay of leftovers")
-
-    async def main():
-        kill_task = asyncio.create_task(killer())
-        result = await load.run(timeout=150)
-        await kill_task
-        return result
+        await asyncio.to_thread(kill_and_restart, "at full load")
+        # 4. during the startup replay of what the killed processes left
+        await asyncio.to_thread(after_next_shipment, "during the startup replay")
 
     try:
-        result = asyncio.run(main())
+        result = load.run_alongside(killer, timeout=150)
         assert len(moments) == 4
         assert result.sent >= TOTAL_BEACONS - CONNECTIONS * 8
         assert len(result.acked) >= 20_000, (len(result.acked), result.refused)

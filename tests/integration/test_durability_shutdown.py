@@ -34,14 +34,8 @@ def test_sigterm_under_load_exits_0_in_time_and_keeps_every_200(tmp_path, capsys
         stop["acked"] = load.acked_count
         load.stopped = True
 
-    async def main():
-        task = asyncio.create_task(terminate())
-        result = await load.run(timeout=60)
-        await task
-        return result
-
     try:
-        result = asyncio.run(main())
+        result = load.run_alongside(terminate, timeout=60)
     finally:
         server.kill()
     log = server.log_text()
