@@ -180,6 +180,9 @@ class BeaconApp:
 
     def _reject(self, request, query: bytes, rejection: Rejection, json_body=None):
         """Keep what was sent (ks masked) in the rejected stream and answer 400 with the reason."""
+        if self.spool.over_cap or not self.accepting:  # the cap holds for rejected rows too
+            self.metrics.responses[503] += 1
+            return _OVER_CAP if self.accepting else _SHUTTING_DOWN
         self.metrics.events_rejected[rejection.reason] += 1
         ks_info = {}
         params = split_query(query)

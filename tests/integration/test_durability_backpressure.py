@@ -62,6 +62,8 @@ def test_spool_cap_answers_503_then_recovers_when_clickhouse_returns(tmp_path):
         assert result.retry_after == {"5"}
         status, _, body = server.get("/collect?" + beacon_path("after", 0).split("?", 1)[1])
         assert (status, body) == (503, b"spool full: ClickHouse is behind; retry later\n")
+        status, _, body = server.post("/collect", b"{not json")  # rejected rows count against the cap too
+        assert status == 503
         status, reason = admin_get(server, "/readyz")
         assert status == 503 and "over its cap" in reason
         on_disk = spooled_keys(server.spool)
