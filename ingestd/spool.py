@@ -95,7 +95,8 @@ def repair(path: Path) -> tuple[int, int]:
 
     A crash mid-write(2) leaves half a row at the end (never acknowledged: its write did not
     return); a power loss without fsync can leave zero-filled blocks. Such bytes are never
-    shipped: they are moved to failed/NAME.torn for a human to inspect, and the rest is kept.
+    shipped: they are copied to failed/NAME.torn for a human to inspect, and the rest is kept.
+    A torn tail alone is cut in place, which needs no free space (the disk may be full).
     """
     data = path.read_bytes()
     lines = data.split(b"\n")
@@ -103,20 +104,29 @@ def repair(path: Path) -> tuple[int, int]:
     bad = [line for line in lines if not is_row(line)]
     if not bad and not tail:
         return len(data), 0
-    kept = b"".join(line + b"\n" for line in lines if is_row(line))
     torn = b"".join(line + b"\n" for line in bad) + tail
-    target_dir = path.parent / QUARANTINE_DIR
-    target_dir.mkdir(exist_ok=True)
-    with open(target_dir / (path.name.split(".")[0] + ".torn"), "ab") as f:
-        f.write(torn)
-    scratch = path.with_suffix(".repair")
-    with open(scratch, "wb") as f:
-        f.write(kept)
-        os.fdatasync(f.fileno())
-    os.replace(scratch, path)
+    try:
+        target_dir = path.parent / QUARANTINE_DIR
+        target_dir.mkdir(exist_ok=True)
+        with open(target_dir / (path.name.split(".")[0] + ".torn"), "ab") as f:
+            f.write(torn)
+    except OSError as exc:  # never acknowledged bytes: losing the copy loses no event
+        log.error("spool segment %s: cannot keep its %d torn bytes in %s: %s", path.name, len(torn),
+                  QUARANTINE_DIR, exc)
+    if not bad:
+        kept = len(data) - len(tail)
+        os.truncate(path, kept)
+    else:
+        rows = b"".join(line + b"\n" for line in lines if is_row(line))
+        scratch = path.with_suffix(".repair")
+        with open(scratch, "wb") as f:
+            f.write(rows)
+            os.fdatasync(f.fileno())
+        os.replace(scratch, path)
+        kept = len(rows)
     log.warning("spool segment %s: set aside %d torn bytes (%d bad lines), kept %d bytes",
-                path.name, len(torn), len(bad), len(kept))
-    return len(kept), len(torn)
+                path.name, len(torn), len(bad), kept)
+    return kept, len(torn)
 
 
 def sealed_segments(directory: Path) -> list[Path]:
@@ -130,7 +140,11 @@ def recover(directory: Path) -> list[Path]:
     for stale in directory.glob("*.repair"):  # a crash during an earlier repair: the .open is intact
         stale.unlink()
     for path in sorted(directory.glob("*" + OPEN_SUFFIX)):
-        kept, _ = repair(path)
+        try:
+            kept, _ = repair(path)
+        except OSError as exc:  # e.g. a full disk: ship the rest (freeing space), repair it next start
+            log.error("cannot repair spool segment %s now, left for the next start: %s", path.name, exc)
+            continue
         if kept == 0:
             path.unlink()
         else:
