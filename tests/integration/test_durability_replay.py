@@ -48,7 +48,7 @@ def spool_while_clickhouse_down(tmp_path, beacons: int, session: str):
 def test_unreachable_clickhouse_then_replay_twice_stores_each_event_once(tmp_path):
     """Beacons get 200 while ClickHouse is down; `ingestd replay` of the spool and of a copy stores each once."""
     result, spool, stop_seconds = spool_while_clickhouse_down(tmp_path, 3000, "outage")
-    assert stop_seconds < DRAIN_TIMEOUT + 1.0  # the drain gave up on ClickHouse in time
+    assert stop_seconds < DRAIN_TIMEOUT  # the drain gave up on the unreachable ClickHouse at once
     segments = spool_files(spool)
     assert segments and all(p.suffix == ".seg" for p in segments)  # sealed on shutdown
     copy = tmp_path / "spool-copy"

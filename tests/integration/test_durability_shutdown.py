@@ -18,7 +18,7 @@ DRAIN_TIMEOUT = 3.0
 def test_sigterm_under_load_exits_0_in_time_and_keeps_every_200(tmp_path, capsys, backlog):
     """SIGTERM mid-load: in-flight requests answered, spool sealed and shipped or kept, exit 0 in time."""
     # With shipping held during the load and small segments, the drain cannot ship it all in time.
-    extra = ("--hold-shipping", "--segment-max-bytes", "16K") if backlog else ("--segment-max-bytes", "256K")
+    extra = ("--hold-shipping", "--segment-max-bytes", "8K") if backlog else ("--segment-max-bytes", "256K")
     server = Ingestd(tmp_path, "--drain-timeout", str(DRAIN_TIMEOUT), *extra).start()
     load = Load(lambda: server.port, 20_000, connections=16, pipeline=8, session="term")
     stop = {}
