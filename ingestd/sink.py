@@ -250,7 +250,7 @@ def ship_or_quarantine(client, path: Path, metrics) -> int | None:
     copy whatever part of it had landed.
     """
     try:
-        return_rows = ship_segment(client, path)
+        inserted = ship_segment(client, path)
     except Exception as exc:
         if not is_permanent(exc):
             raise
@@ -269,7 +269,7 @@ def ship_or_quarantine(client, path: Path, metrics) -> int | None:
                   path.name, len(refused), target, shipped, reason)
         return shipped or None
     path.unlink()
-    return return_rows
+    return inserted
 
 
 def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[int, int]:
