@@ -3,7 +3,7 @@
 What is not secret is decoded and kept (partner id, user id, expiry, privileges) with a SHA-256
 digest for joining; the raw value is removed from everything that is stored.
 KS v1 is base64 of `signature|partnerId;partnerPattern;expiry;type;random;userId;privileges;…`;
-KS v2 is `v2|partnerId|<encrypted>`. A KS that decodes to neither is stored as "undecodable".
+KS v2 is base64 of `v2|partnerId|<encrypted bytes>`. A KS that decodes to neither is stored as "undecodable".
 """
 from __future__ import annotations
 
@@ -26,19 +26,20 @@ def describe(ks: bytes) -> dict[str, str]:
     """Decode a ks value (already form-decoded) into the non-secret fields stored in `ks_*` columns."""
     ks = ks.strip()
     info = {"hash": digest(ks), "status": "undecodable"}
-    if ks.startswith(b"v2|"):
-        parts = ks.split(b"|", 2)
-        if len(parts) == 3 and _DIGITS.fullmatch(parts[1].decode("ascii", "replace")):
-            info.update(status="v2", partner_id=parts[1].decode())
-        return info
     try:
         # '+' arrives as ' ' when a client did not escape it; '-'/'_' are the URL-safe alphabet
         padded = ks.replace(b" ", b"+").replace(b"-", b"+").replace(b"_", b"/")
         padded += b"=" * (-len(padded) % 4)
-        plain = base64.b64decode(padded, validate=True).decode("utf-8")
+        plain = base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError):
-        return info
-    signature, sep, payload = plain.partition("|")
+        plain = b""
+    for v2 in (plain, ks):  # KS v2 is base64 of `v2|partnerId|<encrypted bytes>`; seen unencoded too
+        if v2.startswith(b"v2|"):
+            partner = v2.split(b"|", 2)[1] if v2.count(b"|") >= 2 else b""
+            if _DIGITS.fullmatch(partner.decode("ascii", "replace")):
+                info.update(status="v2", partner_id=partner.decode())
+            return info
+    signature, sep, payload = plain.decode("utf-8", "replace").partition("|")
     fields = payload.split(";")
     if not sep or len(fields) < 7 or not _DIGITS.fullmatch(fields[0]) or not _DIGITS.fullmatch(fields[2]):
         return info

@@ -287,3 +287,19 @@ def test_half_close_still_gets_the_queued_answers():
     assert conn.eof_received() is True and not transport.closed  # the answer is still owed
     ticket.resolve(Response(200, b"1"))
     assert transport.written and transport.written[0].startswith(b"HTTP/1.1 200") and transport.closed
+
+
+def test_ks_v1_and_v2_are_decoded_without_keeping_the_secret():
+    import base64
+
+    from conftest import DOCUMENT_KS
+    from ingestd.events import form_decode
+
+    v1 = ks.describe(form_decode(DOCUMENT_KS.encode()))
+    assert (v1["status"], v1["partner_id"], v1["expiry"], v1["privileges"]) == (
+        "v1", "585231", "1435160676", "view:*,widget:1")
+    v2_token = base64.urlsafe_b64encode(b"v2|585231|" + bytes(range(200, 256)) * 2)
+    v2 = ks.describe(v2_token)
+    assert (v2["status"], v2["partner_id"]) == ("v2", "585231")
+    assert set(v2) == {"hash", "status", "partner_id"}
+    assert ks.describe(b"not a ks at all")["status"] == "undecodable"
