@@ -177,6 +177,9 @@ FLOAT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "float")
 _NUMERIC_RAW = {n.encode(): (n, t) for n, (_, t) in FIELDS.items()
                 if t != "str" and n not in ("eventType", "partnerId")}
 _REQUIRED_RAW = {t.id: tuple((n, n.encode()) for n in sorted(t.required)) for t in REGISTRY.values()}
+# every name validate() reads is a registry field (required names included)
+_FIELDS_RAW = frozenset(n.encode() for n in FIELDS)
+assert all(raw in _FIELDS_RAW for names in _REQUIRED_RAW.values() for _, raw in names)
 
 # ---------------------------------------------------------------------------------------------
 # Rejections: a small fixed set of reasons (metric labels) with a specific one-line message.
@@ -351,8 +354,13 @@ def validate(query: dict[bytes, bytes], body: dict[bytes, bytes] | None, strict:
     fields that are missing or empty (accepted in default mode, rejected in strict mode).
     """
     if body:
-        decoded = {k: form_decode(v) for k, v in query.items()}
-        merged = {**body, **decoded}  # the query string wins over the body
+        if query.keys().isdisjoint(_FIELDS_RAW):
+            # the common JSON beacon: only service/action in the query string, nothing it could
+            # override that is checked here, so the body is read as it is (no decode, no copy)
+            merged = body
+        else:
+            decoded = {k: form_decode(v) for k, v in query.items()}
+            merged = {**body, **decoded}  # the query string wins over the body
         encoded = False
     else:
         merged = query

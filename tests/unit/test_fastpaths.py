@@ -117,3 +117,23 @@ def test_render_cache_is_the_rendered_bytes_and_follows_the_clock():
 
 def test_registry_fast_path_constants_agree():
     assert events._SHORT_DIGITS <= 18  # plain digits this long always fit Int64
+
+
+def outcome(query, body):
+    try:
+        checked = validate(query, body, False)
+        return ("accepted", checked.event_type.id, checked.missing)
+    except Rejection as rejection:
+        return ("rejected", rejection.reason, rejection.message)
+
+
+NAMES = st.sampled_from([b"service", b"action", b"eventType", b"partnerId", b"entryId", b"position",
+                         b"eventIndex", b"other"])
+VALUES = st.sampled_from([b"", b"1", b"99", b"3", b"x", b"1%2E5", b"analytics", b"-2", b"1.5"])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.dictionaries(NAMES, VALUES, max_size=4), st.dictionaries(NAMES, VALUES, min_size=1, max_size=6))
+def test_json_body_read_as_is_when_the_query_overrides_no_field(query, body):
+    merged = {**body, **{k: form_decode(v) for k, v in query.items()}}  # the general rule
+    assert outcome(query, body) == outcome({}, merged)
