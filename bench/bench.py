@@ -11,7 +11,8 @@ Prints one table and appends it, with date and git commit, to bench/RESULTS.md.
 
 Knobs (environment): DURATION (20 s), CONNECTIONS (64), WARMUP (3 s), RSS_SECONDS (60), REQUESTS
 (corpus size, 20000), SEED (1), TAIL (1 s of preflights closing each run, see corpus.lua),
-ONLY (comma list of runs, e.g. ONLY=nginx,collector), RESULTS (file to append to; '-' for none),
+ONLY (comma list of runs, e.g. ONLY=nginx,collector), FORMS (get, json or text: one part of the corpus),
+RESULTS (file to append to; '-' for none),
 NOTE (a line written under the table, e.g. that the machine was shared).
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ TAIL = knob("TAIL", 1.0, float)
 ONLY = [s for s in os.environ.get("ONLY", "nginx,nginx-log,collector,e2e,rss").split(",") if s]
 RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
 NOTE = os.environ.get("NOTE", "")
+FORMS = os.environ.get("FORMS", "all")  # all, or get / json / text: one part of the corpus (see micro.py)
 
 
 def log(msg: str) -> None:
@@ -506,6 +508,10 @@ def main() -> int:
         import corpus as corpus_mod
 
         requests = corpus_mod.generate(REQUESTS, SEED)
+        if FORMS != "all":
+            from micro import FORMS as FORM_FILTERS
+
+            requests = [r for r in requests if FORM_FILTERS[FORMS](r)]
         corpus.write_text("".join(r.line() + "\n" for r in requests), encoding="utf-8")
         log(corpus_mod.summary(requests).splitlines()[0])
         if "nginx" in ONLY:
@@ -565,7 +571,7 @@ def main() -> int:
         f"## {now} · commit {git_commit()}",
         "",
         f"`make bench` DURATION={DURATION} CONNECTIONS={CONNECTIONS} WARMUP={WARMUP} corpus {REQUESTS} requests "
-        f"seed {SEED}; server on CPU {SERVER_CPU}, wrk (1 thread) on CPU {WRK_CPU}; {machine()}; "
+        f"seed {SEED}{'' if FORMS == 'all' else f' (FORMS={FORMS} only)'}; server on CPU {SERVER_CPU}, wrk (1 thread) on CPU {WRK_CPU}; {machine()}; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; {time.monotonic() - started:.0f} s",
         "",
         table(rows),
