@@ -112,7 +112,10 @@ class Settings:
     segment_max_bytes: int = setting(8 << 20, _positive(_size), "seal a segment (one ClickHouse insert) at this size")
     segment_max_age_ms: int = setting(1000, _positive(int), "seal a segment at this age")
     drain_timeout: float = setting(10.0, _non_negative(float), "seconds to ship the spool on SIGTERM before exiting")
-    workers: int = setting(1, _positive(int), "beacon processes sharing the port (SO_REUSEPORT)")
+    workers: int = setting(1, _positive(int), "beacon processes sharing the port (SO_REUSEPORT); about one per core")
+    ready_timeout: float = setting(30.0, _non_negative(float),
+                                   "seconds to wait for ClickHouse (migrations) before telling systemd READY=1 "
+                                   "anyway; beacons are spooled meanwhile")
     max_connections: int = setting(10000, _positive(int), "open beacon connections before new ones are refused")
     rate_limit: float = setting(0.0, _rate, "per-IP requests/s (token bucket, burst = 2 s); 0 = off")
     trust_proxy: tuple = setting((), _networks, "CIDRs whose X-Forwarded-For/Forwarded is believed")
@@ -122,7 +125,8 @@ class Settings:
     idle_timeout: float = setting(30.0, _positive(float), "seconds an idle keep-alive connection is kept")
     log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level (JSON lines on stderr)")
     hold_shipping: bool = setting(False, _bool, "start with shipping held (benchmarks); resume with POST /ship on admin")
-    cluster: str = setting("", str, "ClickHouse cluster name: insert into the Distributed table")
+    cluster: str = setting("", str, "ClickHouse cluster name: serve leaves the schema to `ingestd migrate --cluster` "
+                                    "and inserts into the local tables of the node the DSN names")
 
     @property
     def strict(self) -> bool:

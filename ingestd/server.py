@@ -45,7 +45,10 @@ def bind(address: str, reuse_port: bool = False) -> socket.socket:
 class Server:
     """One ingestd process: the beacon listener, the admin listener, the spool and its sink."""
 
-    def __init__(self, settings: Settings, beacon_sock: socket.socket, admin_sock: socket.socket | None):
+    def __init__(self, settings: Settings, beacon_sock: socket.socket, admin_sock: socket.socket | None,
+                 *, ship_directories: list[Path] | None = None, migrate: bool | None = None):
+        """ship_directories: the spools this process's sink ships (default: its own; [] under --workers
+        when an owner process ships this one); migrate: whether the sink migrates ClickHouse first."""
         self.settings = settings
         self.beacon_sock = beacon_sock
         self.admin_sock = admin_sock
@@ -60,8 +63,13 @@ class Server:
             max_bytes=settings.spool_max_bytes,
             fsync_interval=settings.fsync_interval_ms / 1000 if settings.fsync == "interval" else None,
         )
-        self.sink = Sink(settings.clickhouse, [Path(settings.spool)], self.metrics,
-                         release=self.spool.release, hold=self.hold)
+        if ship_directories is None:
+            ship_directories = [Path(settings.spool)]
+        self.ship = bool(ship_directories)
+        if migrate is None:
+            migrate = not settings.cluster  # a cluster's schema is `ingestd migrate --cluster`'s job
+        self.sink = Sink(settings.clickhouse, ship_directories, self.metrics,
+                         release=self.spool.release, hold=self.hold, migrate=migrate)
         self.spool.on_sealed = self.sink.notify
         self.limits = Limits(header_timeout=settings.header_timeout, idle_timeout=settings.idle_timeout)
         self.stopped = None
@@ -90,7 +98,8 @@ class Server:
         admin = None
         if self.admin_sock is not None:
             admin, _ = await start_admin(self, loop, self.admin_sock, Limits(max_body=1 << 20))
-        self.sink.start()
+        if self.ship:
+            self.sink.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         ticker = loop.create_task(self._tick())
@@ -98,9 +107,10 @@ class Server:
                  "%s:%d" % self.beacon_sock.getsockname()[:2],
                  "%s:%d" % self.admin_sock.getsockname()[:2] if self.admin_sock else "-",
                  extra={"version": __version__, "config": self.settings.redacted()})
-        sdnotify.notify("READY=1")
+        notifier = loop.create_task(sdnotify.supervise(self, self.settings.ready_timeout))
         await self.stopped.wait()
         sdnotify.notify("STOPPING=1")
+        notifier.cancel()
         await self._shutdown(beacon, admin, ticker)
 
     async def _tick(self) -> None:
@@ -116,6 +126,8 @@ class Server:
             now = time.monotonic()
             if now - last_sweep >= 1.0:
                 last_sweep = now
+                if not self.ship:
+                    self.spool.resync()  # another process ships (and deletes) this spool's segments
                 for conn in list(self.app.connections):
                     if conn.check_timeout(now):
                         self.metrics.connections_timed_out += 1
@@ -133,6 +145,9 @@ class Server:
         self.app.commit()
         ticker.cancel()
         self.spool.close()
+        if not self.ship:
+            log.info("shutdown complete: spool sealed for the owner process to ship")
+            return
         loop = asyncio.get_running_loop()
         drained = await loop.run_in_executor(None, self.sink.drain, self.settings.drain_timeout)
         self.sink.stop()
@@ -151,7 +166,10 @@ def serve(settings: Settings, beacon_sock=None, admin_sock=None) -> int:
     beacon_sock = beacon_sock or bind(settings.listen, reuse_port=settings.workers > 1)
     if admin_sock is None and settings.admin:
         admin_sock = bind(settings.admin)
-    server = Server(settings, beacon_sock, admin_sock)
+    from .workers import leftover_spools
+
+    own = Path(settings.spool)
+    server = Server(settings, beacon_sock, admin_sock, ship_directories=[own, *leftover_spools(own, keep=0)])
     uvloop.run(server.run())
     return 0
 

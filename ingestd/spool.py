@@ -199,6 +199,17 @@ class Spool:
         with self._lock:
             self._bytes -= size
 
+    def resync(self) -> None:
+        """Recount the bytes on disk; called on the loop when another process ships this directory."""
+        total = self._size
+        for path in sealed_segments(self.directory):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:  # shipped while we counted
+                pass
+        with self._lock:
+            self._bytes = total
+
     @property
     def bytes_on_disk(self) -> int:
         return self._bytes
