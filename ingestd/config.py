@@ -152,11 +152,28 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+def _reason(exc: Exception) -> str:
+    """A parse error in words: int('x') and float('x') explain themselves poorly."""
+    text = str(exc)
+    if text.startswith("invalid literal for int()"):
+        return "expected an integer"
+    if text.startswith("could not convert string to float"):
+        return "expected a number"
+    return text
+
+
 def _parse(name: str, value, source: str):
+    """Parse one value; the error names the key as the user wrote it (--flag, INGESTD_VAR or TOML key)."""
     try:
         return FIELDS[name].metadata["parse"](value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}: {name.replace('_', '-')} = {value!r}: {exc}") from None
+        if source == "flag":
+            key = f"--{name.replace('_', '-')} {value!r}"
+        elif source == "environment":
+            key = f"{ENV_PREFIX}{name.upper()}={value!r}"
+        else:
+            key = f"{source}: {name} = {value!r}"
+        raise ConfigError(f"{key}: {_reason(exc)}") from None
 
 
 def load(flags: dict | None = None, environ: dict | None = None) -> Settings:
@@ -185,7 +202,7 @@ def load(flags: dict | None = None, environ: dict | None = None) -> Settings:
     values = {}
     for source, layer in ((config_path, from_file), ("environment", from_env), ("flag", flags)):
         for name, value in layer.items():
-            values[name] = _parse(name, value, f"{ENV_PREFIX}{name.upper()}" if source == "environment" else source)
+            values[name] = _parse(name, value, source)
     settings = Settings(**values)
     _check(settings)
     return settings
