@@ -14,9 +14,9 @@ class FakeSystemd:
     """The receiving end of NOTIFY_SOCKET: collects (time, message) datagrams."""
 
     def __init__(self, path):
-        self.path = str(path)
+        self.path = str(path)  # NOTIFY_SOCKET's value; "@name" is an abstract socket, as systemd allows
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
+        self.sock.bind("\0" + self.path[1:] if self.path.startswith("@") else self.path)
         self.messages: list[tuple[float, str]] = []
 
     def wait_for(self, line: str, timeout: float, nth: int = 1) -> str:
