@@ -123,3 +123,23 @@ def test_two_workers_share_the_port_and_survive_kill_9(tmp_path):
     rows = query_direct(server.clickhouse, "SELECT count(), uniqExact(session_id) FROM analytics.events "
                                            "WHERE startsWith(session_id, 'ops-w-')")
     assert rows == [(acked, acked)]  # every acknowledged event exactly once
+
+
+def test_a_worker_whose_loop_is_stuck_is_killed_and_restarted(tmp_path):
+    """The supervisor is the workers' watchdog (WATCHDOG_USEC passed on): SIGSTOP stands in for a stuck loop."""
+    systemd = FakeSystemd(tmp_path / "notify.sock")
+    server = Ingestd(tmp_path, "--workers", "2", env={"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "1000000"})
+    try:
+        server.start()
+        systemd.wait_for("READY=1", 60)
+        workers = wait_for(lambda: len(serving_workers(server)) == 2 and serving_workers(server), 30, "2 workers")
+        stuck = next(pid for pid, is_owner in workers.items() if not is_owner)
+        os.kill(stuck, signal.SIGSTOP)
+        wait_for(lambda: len(serving_workers(server)) == 3, 30, "the stuck worker's replacement")
+        assert f"worker 1 (pid {stuck}) silent for" in server.log_text()
+        systemd.wait_for("WATCHDOG=1", 5, nth=4)  # the supervisor itself kept pinging systemd
+        assert server.get("/api_v3/index.php?service=analytics&action=trackEvent&" + DOCUMENT_EXAMPLE)[0] == 200
+    finally:
+        code = server.stop()
+        systemd.close()
+    assert code == 0
