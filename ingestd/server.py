@@ -66,10 +66,14 @@ class Server:
         if ship_directories is None:
             ship_directories = [Path(settings.spool)]
         self.ship = bool(ship_directories)
+        # the sink's release() keeps the spool's byte count exact only when it ships this spool alone;
+        # otherwise (--workers, leftovers) the count is re-read from disk every second
+        self.recount_spool = ship_directories != [Path(settings.spool)]
         if migrate is None:
             migrate = not settings.cluster  # a cluster's schema is `ingestd migrate --cluster`'s job
         self.sink = Sink(settings.clickhouse, ship_directories, self.metrics,
-                         release=self.spool.release, hold=self.hold, migrate=migrate)
+                         release=None if self.recount_spool else self.spool.release, hold=self.hold,
+                         migrate=migrate)
         self.spool.on_sealed = self.sink.notify
         self.limits = Limits(header_timeout=settings.header_timeout, idle_timeout=settings.idle_timeout)
         self.stopped = None
@@ -126,8 +130,8 @@ class Server:
             now = time.monotonic()
             if now - last_sweep >= 1.0:
                 last_sweep = now
-                if not self.ship:
-                    self.spool.resync()  # another process ships (and deletes) this spool's segments
+                if self.recount_spool:
+                    self.spool.resync()
                 for conn in list(self.app.connections):
                     if conn.check_timeout(now):
                         self.metrics.connections_timed_out += 1

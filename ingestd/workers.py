@@ -13,6 +13,8 @@ SPOOL/w<i> for i >= N, from a run with another N). The supervisor never imports 
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import os
@@ -38,6 +40,8 @@ START_GRACE = 60.0  # seconds beyond --ready-timeout a worker may take to say RE
 RESTART_DELAY_MAX = 10.0  # seconds: a worker that keeps dying is restarted at most this slowly
 STABLE_AFTER = 10.0  # seconds a worker must live for its next death to be restarted at once
 STOP_GRACE = 15.0  # seconds beyond --drain-timeout a worker may take to stop before SIGKILL
+METRICS_PERIOD = 1.0  # seconds between a worker's metrics snapshots (the owner's /metrics adds them up)
+METRICS_FILE = "metrics.json"
 
 
 def leftover_spools(root: Path, keep: int) -> list[Path]:
@@ -65,6 +69,23 @@ def plan_shipping(settings: Settings) -> list[list[Path]]:
     if settings.clickhouse.startswith("chdb://"):
         return [[worker_spool(root, i) for i in range(n)] + leftovers] + [[] for _ in range(1, n)]
     return [[worker_spool(root, 0)] + leftovers] + [[worker_spool(root, i)] for i in range(1, n)]
+
+
+def read_snapshot(path: Path) -> dict:
+    """A worker's last metrics snapshot ({} before its first one)."""
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+
+
+async def publish_snapshots(metrics, path: Path) -> None:
+    """Run on a spooling worker's loop: its metrics, replaced atomically every METRICS_PERIOD."""
+    partial = path.with_suffix(".tmp")
+    while True:
+        partial.write_text(json.dumps(metrics.snapshot()))
+        os.replace(partial, path)
+        await asyncio.sleep(METRICS_PERIOD)
 
 
 def _flags(settings: Settings, spool: Path) -> dict:
@@ -291,7 +312,22 @@ def worker_main() -> int:
     admin = socket.socket(fileno=spec["admin_fd"]) if spec["admin_fd"] is not None else None
     server = Server(settings, beacon, admin, ship_directories=[Path(p) for p in spec["ship"]],
                     migrate=spec["migrate"])
-    uvloop.run(server.run())
+    root = Path(settings.spool).parent
+    if spec["index"] == 0:  # the owner's /metrics counts every worker
+        server.metrics.peers = [functools.partial(read_snapshot, worker_spool(root, i) / METRICS_FILE)
+                                for i in range(1, settings.workers)]
+        uvloop.run(server.run())
+        return 0
+
+    async def serve_and_publish():
+        publisher = asyncio.get_running_loop().create_task(
+            publish_snapshots(server.metrics, Path(settings.spool) / METRICS_FILE))
+        try:
+            await server.run()
+        finally:
+            publisher.cancel()
+
+    uvloop.run(serve_and_publish())
     return 0
 
 

@@ -96,6 +96,9 @@ def test_two_workers_share_the_port_and_survive_kill_9(tmp_path):
         acked, pids = send(server, range(0, 200))
         assert acked == 200
         assert pids == {owner, spooler}, f"connections served by {pids}, workers {workers}"
+        # the owner's /metrics adds up both workers
+        wait_for(lambda: server.metrics().get('ingestd_http_responses_total{status="200"}') == 200, 10,
+                 "/metrics to count both workers' 200 responses")
         open_segments = list((tmp_path / "spool" / "w1").glob("*.open"))
         assert open_segments and open_segments[0].stat().st_size > 0  # unsealed, acknowledged rows
 
