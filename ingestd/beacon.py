@@ -36,6 +36,8 @@ _WRITE_FAILED = Response(
     headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS,
 )
 _JSON = b"application/json"
+# Bodies read as a query string; no Content-Type at all is read the same way.
+_TEXT_TYPES = frozenset({b"", b"text/plain", b"application/x-www-form-urlencoded"})
 
 
 class BeaconApp:
@@ -103,19 +105,25 @@ class BeaconApp:
 
     def _post(self, request):
         content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        body = request.body
-        if content_type == b"application/json" or (not content_type and body[:1] == b"{"):
+        body = request.body.strip()
+        # sendBeacon and some players post JSON as text/plain (no preflight): a query string never
+        # starts with '{', so the body decides.
+        if content_type == b"application/json" or (content_type in _TEXT_TYPES and body[:1] == b"{"):
             try:
-                obj = orjson.loads(body) if body.strip() else {}
+                obj = orjson.loads(body) if body else {}
             except orjson.JSONDecodeError as exc:
                 return self._reject(request, request.query, Rejection("bad_request", f"body is not JSON: {exc}"))
             if not isinstance(obj, dict):
                 return self._reject(request, request.query, Rejection("bad_request", "body is not a JSON object"))
             return self._beacon(request, request.query, obj, 1)
+        if content_type not in _TEXT_TYPES:
+            shown = content_type.decode("latin-1")[:60]
+            return self._reject(request, request.query, Rejection(
+                "bad_request", f"Content-Type {shown!r} is not supported: send JSON, text/plain or form-encoded"))
         # navigator.sendBeacon: a query string as text/plain or form-encoded body
         query = request.query
         if body:
-            query = query + b"&" + body.strip() if query else body.strip()
+            query = query + b"&" + body if query else body
         return self._beacon(request, query, None, 0)
 
     def _beacon(self, request, query: bytes, json_body: dict | None, variant: int):
@@ -164,8 +172,8 @@ class BeaconApp:
             value = form_decode(raw) if raw is not None else b""
             if value.lower() != expected.lower():
                 shown = value.decode("utf-8", "replace")[:40]
-                raise Rejection("bad_request", f"{name.decode()} {shown!r} is not supported: use "
-                                               "service=analytics&action=trackEvent")
+                raise Rejection("unsupported_service", f"{name.decode()} {shown!r} is not supported: use "
+                                                       "service=analytics&action=trackEvent")
 
     def _reject(self, request, query: bytes, rejection: Rejection, json_body=None):
         """Keep what was sent (ks masked) in the rejected stream and answer 400 with the reason."""

@@ -6,6 +6,7 @@ by ClickHouse in the materialized view `analytics.events_mv` (schema/001_events.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -97,11 +98,6 @@ COLUMNS: dict[str, str] = {name: col for name, (col, _) in FIELDS.items() if col
 
 _BASE = ("eventType", "partnerId", "entryId", "flavourId", "sessionId", "eventIndex")
 _PLAYBACK = _BASE + ("bufferTime", "actualBitrate", "preferredBitrate")
-OPTIONAL_DOCUMENT = (
-    "ks", "playbackContext", "referrer", "deliveryType", "playbackType", "kalsig",
-    "sessionStartTime", "uiConfId", "clientVer", "clientTag", "position",
-    "customVar1", "customVar2", "customVar3",
-)
 _APP_BASE = ("eventType", "partnerId", "sessionId", "eventIndex")
 
 # type id -> (name, required parameters, from the document?)
@@ -161,9 +157,9 @@ class EventType:
 def _build_registry() -> dict[int, EventType]:
     registry = {}
     for type_id, (name, required, in_document) in _TYPES.items():
-        optional = frozenset(OPTIONAL_DOCUMENT) | frozenset(_KAVA_FIELDS)
-        if type_id in APPLICATION_EVENT_TYPES:
-            optional |= {"entryId", "flavourId"}
+        # every known parameter is optional where not required: players send the type-specific
+        # ones (playbackSpeed, caption, …) on other events too, and each has its column
+        optional = frozenset(FIELDS)
         registry[type_id] = EventType(
             type_id, name, frozenset(required), optional - frozenset(required), in_document
         )
@@ -175,7 +171,9 @@ REGISTRY: dict[int, EventType] = _build_registry()
 _REGISTRY_BY_RAW: dict[bytes, EventType] = {str(k).encode(): v for k, v in REGISTRY.items()}
 INT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "int")
 FLOAT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "float")
-_NUMERIC_RAW = {n.encode(): (n, t) for n, (_, t) in FIELDS.items() if t != "str"}
+# numeric fields checked generically; eventType and partnerId have their own rules in validate()
+_NUMERIC_RAW = {n.encode(): (n, t) for n, (_, t) in FIELDS.items()
+                if t != "str" and n not in ("eventType", "partnerId")}
 _REQUIRED_RAW = {t.id: tuple((n, n.encode()) for n in sorted(t.required)) for t in REGISTRY.values()}
 
 # ---------------------------------------------------------------------------------------------
@@ -183,7 +181,7 @@ _REQUIRED_RAW = {t.id: tuple((n, n.encode()) for n in sorted(t.required)) for t 
 
 REASONS = (
     "missing_event_type", "unknown_event_type", "missing_partner_id", "bad_partner_id",
-    "missing_entry_id", "bad_number", "missing_required", "bad_request",
+    "missing_entry_id", "bad_number", "missing_required", "unsupported_service", "bad_request",
 )
 
 
@@ -196,18 +194,57 @@ class Rejection(Exception):
         self.message = message
 
 
-# Numbers in the forms ClickHouse's toInt64OrNull / toFloat64OrNull read back the same way.
-_INT_RE = re.compile(rb"-?[0-9]{1,18}")
-_FLOAT_RE = re.compile(rb"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
+# Numbers exactly as ClickHouse's toInt64OrNull / toFloat64OrNull read them back (checked against
+# chDB in tests/integration/test_beacon.py): an optional sign, no spaces, no hex, no '_'.
+_INT_RE = re.compile(rb"[-+]?[0-9]+")
+_FLOAT_RE = re.compile(rb"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+# Plain digits this short are always a valid Int64 and a finite Float64: no decoding, no regex.
+_SHORT_DIGITS = 18
+
+
+def number_error(value: bytes, kind: str) -> str | None:
+    """Why a decoded value is not a storable number of `kind` ("int" or "float"), or None if it is."""
+    if kind == "int":
+        if not _INT_RE.fullmatch(value):
+            return "is not an integer"
+        # leading zeros are fine; more than 19 significant digits never fit (and int() of a huge
+        # string raises ValueError past 4300 digits)
+        if len(value.lstrip(b"+-").lstrip(b"0")) > 19 or not _INT64_MIN <= int(value) <= _INT64_MAX:
+            return "is out of the 64-bit integer range"
+        return None
+    if not _FLOAT_RE.fullmatch(value):  # also refuses nan/inf spelled out, which ClickHouse would take
+        return "is not a number"
+    if not math.isfinite(float(value)):  # 1e400 overflows to inf in ClickHouse too
+        return "is not a finite number"
+    return None
+
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_FORM_TOKEN = re.compile(rb"\+|%[0-9A-Fa-f]{2}|%.{0,2}", re.DOTALL)
+
+
+def _form_token(match: re.Match) -> bytes:
+    token = match.group()
+    if token == b"+":
+        return b" "
+    if len(token) == 3 and _BAD_ESCAPE.match(token) is None:
+        return bytes((int(token[1:], 16),))
+    return token  # a bad escape: '%' and the two characters after it, verbatim
 
 
 def form_decode(raw: bytes) -> bytes:
-    """Decode one application/x-www-form-urlencoded component ('+' is a space); never raises."""
-    if b"+" in raw:
-        raw = raw.replace(b"+", b" ")
-    if b"%" in raw:
-        raw = unquote_to_bytes(raw)  # bad escapes such as '%zz' are kept as they are
-    return raw
+    """Decode one application/x-www-form-urlencoded component ('+' is a space); never raises.
+
+    Byte for byte what ClickHouse's decodeURLFormComponent makes of it (the view stores that):
+    a bad escape such as '%zz' or a trailing '%' is kept together with the two characters after
+    it. The result may be invalid UTF-8 (the view makes it valid, see 001_events.sql).
+    """
+    if b"%" not in raw:
+        return raw.replace(b"+", b" ") if b"+" in raw else raw
+    if _BAD_ESCAPE.search(raw) is None:  # the common case: every escape is well formed
+        return unquote_to_bytes(raw.replace(b"+", b" ") if b"+" in raw else raw)
+    return _FORM_TOKEN.sub(_form_token, raw)
 
 
 def split_query(query: bytes) -> dict[bytes, bytes]:
@@ -230,14 +267,14 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
 
 
-def _check_number(name: str, kind: str, raw: bytes, label: str) -> None:
-    if raw.isdigit() and len(raw) <= 18:  # the common case: plain digits, no decoding needed
+def _check_number(name: str, kind: str, value: bytes, label: str, encoded: bool) -> None:
+    if len(value) <= _SHORT_DIGITS and value.isdigit():  # the common case
         return
-    value = form_decode(raw)
-    if (_INT_RE if kind == "int" else _FLOAT_RE).fullmatch(value):
-        return
-    noun = "an integer" if kind == "int" else "a number"
-    raise Rejection("bad_number", f"{label}: {name} {_shorten(value)!r} is not {noun}")
+    if encoded:
+        value = form_decode(value)
+    problem = number_error(value, kind)
+    if problem:
+        raise Rejection("bad_number", f"{label}: {name} {_shorten(value)!r} {problem}")
 
 
 def _shorten(value: bytes, limit: int = 40) -> str:
@@ -280,31 +317,35 @@ def validate(query: dict[bytes, bytes], body: dict[bytes, bytes] | None, strict:
     if body:
         decoded = {k: form_decode(v) for k, v in query.items()}
         merged = {**body, **decoded}  # the query string wins over the body
+        encoded = False
     else:
         merged = query
+        encoded = True
     raw_type = merged.get(b"eventType")
     if not raw_type:
         raise Rejection("missing_event_type", "eventType is missing")
     event_type = _REGISTRY_BY_RAW.get(raw_type)
     if event_type is None:
-        event_type = _REGISTRY_BY_RAW.get(form_decode(raw_type).strip())
+        plain_type = form_decode(raw_type) if encoded else raw_type
+        event_type = _REGISTRY_BY_RAW.get(plain_type.strip())
         if event_type is None:
-            raise Rejection(
-                "unknown_event_type", f"eventType {_shorten(form_decode(raw_type))!r} is not a known event type"
-            )
+            raise Rejection("unknown_event_type", f"eventType {_shorten(plain_type)!r} is not a known event type")
     label = event_type.label
     partner = merged.get(b"partnerId")
     if not partner:
         raise Rejection("missing_partner_id", f"{label}: partnerId is missing")
-    if not partner.isdigit() and not _INT_RE.fullmatch(form_decode(partner)):
-        raise Rejection("bad_partner_id", f"{label}: partnerId {_shorten(form_decode(partner))!r} is not an integer")
+    if not (len(partner) <= _SHORT_DIGITS and partner.isdigit()):
+        plain = form_decode(partner) if encoded else partner
+        problem = number_error(plain, "int")
+        if problem:
+            raise Rejection("bad_partner_id", f"{label}: partnerId {_shorten(plain)!r} {problem}")
     if event_type.id not in APPLICATION_EVENT_TYPES and not merged.get(b"entryId"):
         raise Rejection("missing_entry_id", f"{label}: entryId is missing or empty")
     for raw_name in _NUMERIC_RAW.keys() & merged.keys():
         raw = merged[raw_name]
         if raw:  # an empty numeric field is a missing one, not a bad number
             name, kind = _NUMERIC_RAW[raw_name]
-            _check_number(name, kind, raw, label)
+            _check_number(name, kind, raw, label, encoded)
     missing = [name for name, raw_name in _REQUIRED_RAW[event_type.id] if not merged.get(raw_name)]
     if missing and strict:
         raise Rejection("missing_required", f"{label}: missing {', '.join(missing)}")

@@ -96,14 +96,22 @@ CLOCK = Clock()
 def render(response: Response, keep_alive: bool) -> bytes:
     """The bytes of one response."""
     close = response.close or not keep_alive
+    status = response.status
+    if status == 204:  # RFC 9110 §8.6: no Content-Length (nor a body) on a 204
+        entity = body = b""
+    else:
+        body = response.body
+        entity = b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(body))
     return b"".join((
-        b"HTTP/1.1 %d %s\r\n" % (response.status, STATUS_TEXT.get(response.status, b"Unknown")),
+        b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT.get(status, b"Unknown")),
         CLOCK.date_header,
-        b"content-type: %s\r\ncontent-length: %d\r\n" % (response.content_type, len(response.body)),
+        entity,
         _COMMON,
         response.headers,
-        b"connection: close\r\n\r\n" if close else b"\r\n",
-        response.body,
+        # keep-alive is explicit, as nginx does: an HTTP/1.0 client (ab -k) only reuses the
+        # connection when told so; HTTP/1.1 clients ignore it
+        b"connection: close\r\n\r\n" if close else b"connection: keep-alive\r\n\r\n",
+        body,
     ))
 
 
@@ -130,6 +138,17 @@ class HttpError(Exception):
 
 def error_response(status: int, reason: str, close: bool = True) -> Response:
     return Response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
+
+
+def _origin_form(url: bytes) -> bytes:
+    """`http://host/path?query` as `/path?query`; anything else (`*`, garbage) as it is."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return url
+    if not parsed.schema:
+        return url
+    return (parsed.path or b"/") + (b"?" + parsed.query if parsed.query is not None else b"")
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -180,6 +199,8 @@ class HttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(400, "protocol upgrade is not supported")
         except httptools.HttpParserError as exc:
+            if self.closing:  # data after a `Connection: close` request is ignored, not an error
+                return
             cause = exc.__context__  # httptools wraps what a callback raised
             if isinstance(cause, HttpError):
                 self._fail(cause.status, cause.reason)
@@ -234,6 +255,8 @@ class HttpProtocol(asyncio.Protocol):
         parser = self.parser
         keep_alive = parser.should_keep_alive()
         url = self.url
+        if url[0] != 47:  # not '/': the absolute form (RFC 9112 §3.2.2 says a server must accept it)
+            url = _origin_form(url)
         path, _, query = url.partition(b"?")
         if b"#" in query:
             query = query.partition(b"#")[0]

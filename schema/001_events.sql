@@ -127,14 +127,16 @@ PARTITION BY toYYYYMM(received_at)
 ORDER BY (received_at)
 SETTINGS non_replicated_deduplication_window = 10000;
 
--- p: the beacon's parameters, form-decoded; query-string values win over JSON-body values and
--- the first of repeated names wins (as ingestd.events.split_query validates them).
+-- p: the beacon's parameters, form-decoded once ('+' is a space; a bad escape such as '%zz' is kept
+-- as sent; bytes that are not UTF-8 become U+FFFD, so every String column holds valid UTF-8);
+-- query-string values win over JSON-body values and the first of repeated names wins (a Map
+-- lookup returns the first match, as ingestd.events.split_query validates them).
 CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.events_mv TO analytics.events AS
 WITH
-    arrayFilter(x -> x != '', splitByChar('&', q)) AS pairs,
+    arrayFilter(x -> x != '' AND NOT startsWith(x, '='), splitByChar('&', q)) AS pairs,  -- no nameless pairs
     mapUpdate(body, mapFromArrays(
-        arrayMap(x -> decodeURLFormComponent(substringIndex(x, '=', 1)), pairs),
-        arrayMap(x -> if(position(x, '=') > 0, decodeURLFormComponent(substring(x, position(x, '=') + 1)), ''), pairs)
+        arrayMap(x -> toValidUTF8(decodeURLFormComponent(substringIndex(x, '=', 1))), pairs),
+        arrayMap(x -> if(position(x, '=') > 0, toValidUTF8(decodeURLFormComponent(substring(x, position(x, '=') + 1))), ''), pairs)
     )) AS p
 SELECT
     fromUnixTimestamp64Milli(received_ms) AS received_at,
@@ -221,10 +223,10 @@ WHERE kind = 'e';
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS analytics.rejected_events_mv TO analytics.rejected_events AS
 WITH
-    arrayFilter(x -> x != '', splitByChar('&', q)) AS pairs,
+    arrayFilter(x -> x != '' AND NOT startsWith(x, '='), splitByChar('&', q)) AS pairs,  -- no nameless pairs
     mapUpdate(body, mapFromArrays(
-        arrayMap(x -> decodeURLFormComponent(substringIndex(x, '=', 1)), pairs),
-        arrayMap(x -> if(position(x, '=') > 0, decodeURLFormComponent(substring(x, position(x, '=') + 1)), ''), pairs)
+        arrayMap(x -> toValidUTF8(decodeURLFormComponent(substringIndex(x, '=', 1))), pairs),
+        arrayMap(x -> if(position(x, '=') > 0, toValidUTF8(decodeURLFormComponent(substring(x, position(x, '=') + 1))), ''), pairs)
     )) AS p
 SELECT
     fromUnixTimestamp64Milli(received_ms) AS received_at,
