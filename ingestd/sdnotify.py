@@ -55,8 +55,13 @@ async def supervise(server, ready_timeout: float) -> None:
     spooling), then STATUS= every STATUS_PERIOD and WATCHDOG=1 at the watchdog period."""
     sink = server.sink
     shipping = server.ship
+    period = watchdog_period()
     deadline = time.monotonic() + ready_timeout
+    next_ping = 0.0
     while shipping and not sink.connected.is_set() and time.monotonic() < deadline:
+        if period and time.monotonic() >= next_ping:  # systemd's watchdog may run before READY=1
+            notify("WATCHDOG=1")
+            next_ping = time.monotonic() + period
         await asyncio.sleep(0.05)
     counted = server.metrics.events_accepted
     last_count, last_at = sum(counted.values()), time.monotonic()
@@ -77,7 +82,6 @@ async def supervise(server, ready_timeout: float) -> None:
     if shipping and not sink.connected.is_set():
         log.warning("ClickHouse not ready after %.0fs: reporting ready anyway, beacons are spooled", ready_timeout)
     notify(status() + "\nREADY=1")
-    period = watchdog_period()
     next_status = time.monotonic() + STATUS_PERIOD
     while True:
         await asyncio.sleep(min(period or STATUS_PERIOD, STATUS_PERIOD))

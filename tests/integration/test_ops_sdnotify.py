@@ -67,11 +67,14 @@ def test_ready_after_migrations_and_listener_then_watchdog_then_stopping(tmp_pat
 def test_ready_with_clickhouse_unreachable_after_bounded_wait(tmp_path, systemd):
     """ClickHouse down at start: READY=1 after --ready-timeout, STATUS says so, beacons are spooled."""
     dsn = f"http://127.0.0.1:{free_port()}/"
-    server = Ingestd(tmp_path, "--ready-timeout", "0.5", "--drain-timeout", "0.5", clickhouse=dsn, env={"NOTIFY_SOCKET": systemd.path})
+    server = Ingestd(tmp_path, "--ready-timeout", "0.5", "--drain-timeout", "0.5", clickhouse=dsn,
+                     env={"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "200000"})
     server.start(wait_clickhouse=False)
     try:
         ready = systemd.wait_for("READY=1", 30)
         assert "unreachable, spooling" in ready, ready
+        messages = [m for _, m in systemd.messages]
+        assert "WATCHDOG=1" in messages[:messages.index(ready)]  # the loop pings while READY=1 waits
         status, _, _ = server.get(BEACON)
         assert status == 200
         assert server.metrics()["ingestd_clickhouse_connected"] == 0
