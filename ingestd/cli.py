@@ -56,6 +56,7 @@ def cmd_migrate(args) -> int:
     from . import clickhouse
 
     dsn = args.clickhouse or config.load({}).clickhouse
+    args.cluster = args.cluster or config.load({}).cluster  # a box configured for a cluster never migrates locally
     if args.cluster:
         from . import cluster
 

@@ -16,7 +16,7 @@ from . import __version__, clickhouse, sdnotify
 from .admin import READY_BACKLOG_SEGMENTS
 from .admin import start as start_admin
 from .beacon import BeaconApp
-from .config import Settings, split_address
+from .config import ConfigError, Settings, split_address
 from .http import CLOCK, HttpProtocol, Limits
 from .metrics import Metrics
 from .sink import Sink
@@ -36,7 +36,11 @@ def bind(address: str, reuse_port: bool = False) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:  # a busy port or a foreign address: one line at start, not a traceback
+        sock.close()
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
     sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock

@@ -110,3 +110,17 @@ def test_every_setting_has_a_flag_and_an_environment_variable():
     for name in config.FIELDS:
         assert f"--{name.replace('_', '-')}" in help_text
         assert f"INGESTD_{name.upper()}" in help_text
+
+
+def test_a_busy_port_is_one_line_not_a_traceback():
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        address = "127.0.0.1:%d" % busy.getsockname()[1]
+        for extra in ([], ["--workers", "2"]):
+            result = run_cli("serve", "--listen", address, "--admin", "127.0.0.1:0", *extra)
+            assert result.returncode == 2
+            assert result.stderr.endswith(f"cannot listen on {address}: Address already in use\n"), result.stderr
+            assert result.stderr.count("\n") == 1
