@@ -120,6 +120,9 @@ class Supervisor:
 
         self.settings = settings
         self.n = settings.workers
+        if not settings.listen.endswith(":0"):
+            # SO_REUSEPORT would let us join another process's group on this port: check it is free first
+            bind(settings.listen).close()
         first = bind(settings.listen, reuse_port=True)
         port = first.getsockname()[1]
         host = settings.listen.rpartition(":")[0]

@@ -113,9 +113,11 @@ def test_every_setting_has_a_flag_and_an_environment_variable():
 
 
 def test_a_busy_port_is_one_line_not_a_traceback():
+    """Also when the holder uses SO_REUSEPORT: --workers checks the port is free before sharing it."""
     import socket
 
     with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # --workers must not join its group
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         address = "127.0.0.1:%d" % busy.getsockname()[1]
