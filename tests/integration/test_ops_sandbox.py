@@ -25,6 +25,7 @@ if __name__ != "__main__":  # the sandbox stages below run this file as a script
     import pytest
     from conftest import DOCUMENT_EXAMPLE, Ingestd
     from test_ops_sdnotify import FakeSystemd
+    from test_ops_systemd import analyze  # noqa: F401 - the fixture that installs systemd-analyze if missing
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "ingestd.service"
 HERE = Path(__file__).resolve()
@@ -139,7 +140,7 @@ def stage_seccomp(command: list[str]) -> None:
 def sandbox_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "needs root to build the mount namespace"
-    for tool in ("unshare", "setpriv", "mount", "systemd-analyze"):
+    for tool in ("unshare", "setpriv", "mount"):
         if not shutil.which(tool):
             return f"{tool} is missing"
     try:
@@ -152,7 +153,7 @@ def sandbox_unavailable() -> str | None:
     return None
 
 
-def test_embedded_clickhouse_works_inside_the_units_sandbox(tmp_path):
+def test_embedded_clickhouse_works_inside_the_units_sandbox(tmp_path, analyze):
     reason = sandbox_unavailable()
     if reason:
         pytest.skip(reason)
@@ -204,7 +205,7 @@ print("|".join(out))
 """
 
 
-def test_the_sandbox_is_not_a_no_op():
+def test_the_sandbox_is_not_a_no_op(analyze):
     """The same stages refuse what the unit forbids, so the test above can fail."""
     reason = sandbox_unavailable()
     if reason:

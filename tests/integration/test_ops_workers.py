@@ -116,6 +116,18 @@ def test_two_workers_share_the_port_and_survive_kill_9(tmp_path):
                                    acked, timeout=30)
         assert shipped == acked
         assert not open_segments[0].exists()
+
+        # the owner (database, admin listener, shipping) survives kill -9 too
+        more, _ = send(server, range(300, 340))
+        acked += more
+        owner_open = list((tmp_path / "spool" / "w0").glob("*.open"))
+        os.kill(owner, signal.SIGKILL)
+        wait_for(lambda: len(serving_workers(server)) == 4, 30, "the owner's restart")
+        assert "worker 0 (pid %d) died (signal 9)" % owner in server.log_text()
+        server.wait_metric("ingestd_clickhouse_connected", 1)  # reopened the embedded database
+        assert server.wait_rows("SELECT count() AS n FROM analytics.events WHERE startsWith(session_id, 'ops-w-')",
+                                acked, timeout=30) == acked
+        assert not any(p.exists() for p in owner_open)
     finally:
         code = server.stop()
     try:
