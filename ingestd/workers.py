@@ -9,7 +9,7 @@ WATCHDOG exactly as it would to systemd, and the supervisor says READY=1 once al
 Worker i spools into SPOOL/w<i>. Worker 0 is the owner: it serves the admin listener and migrates.
 With the embedded engine (one process per data directory) the owner's sink ships every worker's
 spool; with a server DSN each worker ships its own. The owner also ships leftovers (SPOOL itself and
-SPOOL/w<i> for i >= N, from a run with another N). The supervisor never imports ClickHouse.
+SPOOL/w<i> for i >= N, from a run with another N). The supervisor opens no ClickHouse client.
 """
 from __future__ import annotations
 
@@ -160,8 +160,11 @@ class Supervisor:
         fds = [beacon.fileno()] + ([admin.fileno()] if admin else [])
         worker.proc = subprocess.Popen([sys.executable, "-m", "ingestd.workers"], stdin=subprocess.PIPE,
                                        pass_fds=fds, env=env, start_new_session=True)
-        worker.proc.stdin.write(json.dumps(spec).encode())
-        worker.proc.stdin.close()
+        try:
+            worker.proc.stdin.write(json.dumps(spec).encode())
+            worker.proc.stdin.close()
+        except BrokenPipeError:  # it died at once; reap() reports and restarts it
+            pass
         worker.started_at = worker.last_seen = time.monotonic()
         worker.ready = False
         worker.fields = {}
@@ -258,7 +261,7 @@ class Supervisor:
         """Stop the spooling workers first, then the owner, which ships what they sealed."""
         sdnotify.notify("STOPPING=1")
         log.info("stopping %d workers", self.n)
-        clean = self._stop([w for w in self.workers[1:]]) & self._stop(self.workers[:1])
+        clean = self._stop(self.workers[1:]) & self._stop(self.workers[:1])
         return 0 if clean else 1
 
     def _stop(self, workers: list[Worker]) -> bool:
