@@ -43,7 +43,7 @@ _TEXT_TYPES = frozenset({b"", b"text/plain", b"application/x-www-form-urlencoded
 class BeaconApp:
     """The beacon endpoints of one process."""
 
-    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent"})
+    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent", b"expect"})
 
     def __init__(self, spool, metrics, loop, *, strict: bool = False, client_ip=None):
         self.spool = spool

@@ -288,6 +288,8 @@ def body_params(obj: dict) -> dict[bytes, bytes]:
 
     out: dict[bytes, bytes] = {}
     for key, value in obj.items():
+        if not key:  # as split_query skips nameless pairs
+            continue
         if isinstance(value, str):
             raw = value.encode("utf-8", "surrogatepass")
         elif value is None:

@@ -102,6 +102,7 @@ def test_each_of_the_33_event_types_lands_as_one_typed_row(server):
     agent = "every-type"
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)  # one keep-alive connection
     sent = {}
+    started = time.time()
     for type_id, entry in sorted(events.REGISTRY.items()):
         params = {field: sample_value(field, type_id) for field in sorted(entry.required)}
         params.update(eventType=str(type_id), partnerId="4242", sessionId=f"s-{type_id}")
@@ -110,11 +111,12 @@ def test_each_of_the_33_event_types_lands_as_one_typed_row(server):
         response = conn.getresponse()
         assert (response.status, response.read().isdigit()) == (200, True), type_id
     conn.close()
-    found = rows(server, "events", agent, order="event_type")
+    found = rows(server, "events", agent, "*, toUnixTimestamp64Milli(received_at) AS received_ms", order="event_type")
     assert [row["event_type"] for row in found] == sorted(events.REGISTRY)  # exactly one row per type
     for row in found:
         params = sent[row["event_type"]]
         assert row["missing_fields"] == [] and row["extra"] == {}
+        assert row["ip"] == "127.0.0.1" and started - 1 <= as_int(row["received_ms"]) / 1000 <= time.time()
         assert as_int(row["partner_id"]) == 4242
         for field, value in params.items():
             column, kind = events.FIELDS[field]
@@ -281,6 +283,17 @@ def test_json_post_merges_query_and_body_and_answers_json(server):
         -12.5, 1.5, "u@example.com", 2)
     assert row["referrer"] == "https://site.example/p?a=1&b=%2E"  # a JSON string is not form-decoded
     assert row["missing_fields"] == [] and row["extra"] == {"customKey": "kept"}
+
+
+def test_expect_100_continue_as_curl_sends_a_large_body(server):
+    body = orjson.dumps({"eventIndex": 1, "customVar1": "x" * 2000})
+    head = (f"POST /collect?eventType=1&partnerId=1&entryId=expect HTTP/1.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
 
 
 def test_text_and_form_posts_answer_the_time(server):

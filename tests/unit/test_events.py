@@ -362,7 +362,7 @@ def test_invalid_utf8_and_bad_escapes_do_not_break_validation():
 
 def test_body_params_turn_json_values_into_text():
     assert body_params({"position": 18.5, "eventIndex": 3, "canPlay": None, "flag": True, "off": False,
-                        "referrer": "https://x/?a=b&c", "nested": {"a": [1]}}) == {
+                        "referrer": "https://x/?a=b&c", "nested": {"a": [1]}, "": "nameless"}) == {
         b"position": b"18.5", b"eventIndex": b"3", b"canPlay": b"", b"flag": b"true", b"off": b"false",
         b"referrer": b"https://x/?a=b&c", b"nested": b'{"a":[1]}'}
 

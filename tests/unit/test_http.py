@@ -37,7 +37,7 @@ class FakeTransport:
 class FakeApp:
     """Answers `/echo` at once (the body names the request), `/later` with a Ticket resolved by the test."""
 
-    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent"})
+    wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent", b"expect"})
 
     def __init__(self):
         self.requests = []
@@ -263,6 +263,36 @@ def test_chunked_body_over_limit_is_413():
     assert parse_responses(transport.data)[0][0] == 413 and app.requests == []
 
 
+def test_expect_100_continue_is_answered_before_the_body():
+    app, proto, transport = connect()
+    proto.data_received(b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert transport.data == b"HTTP/1.1 100 Continue\r\n\r\n"
+    proto.data_received(b"hello")
+    final = bytes(transport.data)[len(b"HTTP/1.1 100 Continue\r\n\r\n"):]
+    assert parse_responses(final)[0][2] == b"POST /echo? body=hello"
+
+
+def test_expect_100_continue_waits_behind_a_queued_reply():
+    app, proto, transport = connect()
+    proto.data_received(b"GET /later HTTP/1.1\r\n\r\n"
+                        b"POST /echo HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\nhi")
+    assert transport.data == b""  # no interim reply ahead of the first request's answer
+    app.tickets[0].resolve(Response(200, b"first"))
+    assert [b for _, _, b in parse_responses(transport.data)] == [b"first", b"POST /echo? body=hi"]
+
+
+def test_expect_over_the_body_limit_is_413_without_100():
+    app, proto, transport = connect(Limits(max_body=10))
+    proto.data_received(b"POST /echo HTTP/1.1\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n")
+    assert parse_responses(transport.data)[0][0] == 413
+
+
+def test_many_tiny_chunks_over_limit_are_413():
+    app, proto, transport = connect(Limits(max_body=20000))
+    proto.data_received(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 20001)
+    assert parse_responses(transport.data)[0][0] == 413 and app.requests == []
+
+
 def test_chunked_body_within_limit_is_joined():
     app, proto, transport = connect()
     proto.data_received(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
@@ -319,3 +349,23 @@ def test_connection_lost_is_reported_to_the_app():
     assert app.open == 1
     proto.connection_lost(None)
     assert app.open == 0
+
+
+def test_shutdown_lets_a_half_received_request_finish_then_closes():
+    app, proto, transport = connect()
+    proto.data_received(b"GET /echo?x HTTP/1.1\r\nHost: a\r\n")
+    proto.shutdown()
+    assert not transport.closed
+    proto.data_received(b"\r\n" + GET % 2)
+    [(status, _, body)] = parse_responses(transport.data)
+    assert (status, body) == (200, b"GET /echo?x body=") and transport.closed
+    assert len(app.requests) == 1  # the request pipelined behind it is neither handled nor stored
+
+
+def test_shutdown_closes_an_idle_connection_at_once():
+    app, proto, transport = connect()
+    proto.data_received(GET % 1)
+    proto.shutdown()
+    assert transport.closed
+    proto.data_received(GET % 2)
+    assert len(app.requests) == 1
