@@ -39,6 +39,9 @@ CHILD_WATCHDOG_USEC = 30_000_000  # a worker's loop silent this long is killed a
 START_GRACE = 60.0  # seconds beyond --ready-timeout a worker may take to say READY=1
 RESTART_DELAY_MAX = 10.0  # seconds: a worker that keeps dying is restarted at most this slowly
 STABLE_AFTER = 10.0  # seconds a worker must live for its next death to be restarted at once
+# A worker that dies this many times in a row within STABLE_AFTER stops the service (exit 1, for
+# systemd's Restart= and its start limit): its socket would hold 1/N of new connections unanswered.
+MAX_QUICK_DEATHS = 5
 STOP_GRACE = 15.0  # seconds beyond --drain-timeout a worker may take to stop before SIGKILL
 METRICS_PERIOD = 1.0  # seconds between a worker's metrics snapshots (the owner's /metrics adds them up)
 METRICS_FILE = "metrics.json"
@@ -137,6 +140,7 @@ class Supervisor:
         usec = os.environ.get("WATCHDOG_USEC", "")
         self.child_watchdog_usec = int(usec) if sdnotify.watchdog_period() else CHILD_WATCHDOG_USEC
         self.stopping = False
+        self.failed = False
         self.told_ready = False
         self.restarts = 0
 
@@ -196,6 +200,10 @@ class Supervisor:
             self.restarts += 1
             w.proc = None
             w.restart_at = now + delay
+            if w.quick_deaths >= MAX_QUICK_DEATHS:
+                log.error("worker %d died %d times in a row within %.0fs each: stopping ingestd", w.index,
+                          w.quick_deaths, STABLE_AFTER)
+                self.stopping = self.failed = True
 
     def read_notifications(self) -> None:
         """Take in the workers' sd_notify datagrams (the sender's pid comes with SCM_CREDENTIALS)."""
@@ -262,7 +270,7 @@ class Supervisor:
         sdnotify.notify("STOPPING=1")
         log.info("stopping %d workers", self.n)
         clean = self._stop(self.workers[1:]) & self._stop(self.workers[:1])
-        return 0 if clean else 1
+        return 0 if clean and not self.failed else 1
 
     def _stop(self, workers: list[Worker]) -> bool:
         procs = [w.proc for w in workers if w.proc is not None and w.proc.poll() is None]

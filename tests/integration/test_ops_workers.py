@@ -158,3 +158,18 @@ def test_a_worker_whose_loop_is_stuck_is_killed_and_restarted(tmp_path):
         code = server.stop()
         systemd.close()
     assert code == 0
+
+
+def test_a_worker_that_keeps_dying_stops_the_service_for_systemd(tmp_path):
+    """Its socket would leave 1/N of connections unanswered: after 5 quick deaths the supervisor exits 1."""
+    (tmp_path / "spool").mkdir()
+    (tmp_path / "spool" / "w1").write_text("not a directory")  # worker 1 cannot open its spool
+    server = Ingestd(tmp_path, "--workers", "2")
+    server.start(wait_clickhouse=False)
+    try:
+        assert server.proc.wait(60) == 1
+    finally:
+        server.kill()
+    log = server.log_text()
+    assert log.count("worker 1 (pid") >= 5 and "died 5 times in a row" in log
+    assert "shutdown complete" in log  # the owner still stopped in order
