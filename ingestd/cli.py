@@ -42,6 +42,8 @@ def cmd_serve(args) -> int:
         sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     logs.setup(settings.log_level)
+    for name in config.unknown_environment():
+        log.warning("environment variable %s matches no setting: ignored", name)
     from . import server
 
     if settings.workers > 1:

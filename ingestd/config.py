@@ -208,6 +208,17 @@ def load(flags: dict | None = None, environ: dict | None = None) -> Settings:
     return settings
 
 
+# INGESTD_* variables that are not settings (read elsewhere on purpose).
+ENV_NOT_SETTINGS = frozenset({"INGESTD_SCHEMA_DIR"})
+
+
+def unknown_environment(environ: dict | None = None) -> list[str]:
+    """INGESTD_* variables that match no setting (a typo such as INGESTD_WORKER is ignored, and warned of)."""
+    environ = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in FIELDS} | ENV_NOT_SETTINGS
+    return sorted(key for key in environ if key.startswith(ENV_PREFIX) and key not in known)
+
+
 def _is_loopback(address: str) -> bool:
     host = address.rpartition(":")[0].strip("[]")
     if host in ("localhost",):

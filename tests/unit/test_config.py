@@ -126,3 +126,8 @@ def test_a_busy_port_is_one_line_not_a_traceback():
             assert result.returncode == 2
             assert result.stderr.endswith(f"cannot listen on {address}: Address already in use\n"), result.stderr
             assert result.stderr.count("\n") == 1
+
+
+def test_an_environment_variable_matching_no_setting_is_named():
+    environ = {"INGESTD_WORKER": "4", "INGESTD_WORKERS": "2", "INGESTD_SCHEMA_DIR": "/x", "OTHER": "1"}
+    assert config.unknown_environment(environ) == ["INGESTD_WORKER"]
