@@ -5,7 +5,6 @@ embedded engine is single-process: while the server runs, this is how tools read
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import re
@@ -24,7 +23,11 @@ _WRITE_STATEMENT = re.compile(
     r"^\s*(INSERT|ALTER|DROP|CREATE|SYSTEM|TRUNCATE|DELETE|UPDATE|RENAME|OPTIMIZE|ATTACH|DETACH|GRANT|REVOKE|KILL|SET|USE)\b",
     re.IGNORECASE,
 )
+# Read-only still lets chDB write a result file (readonly=1 does not cover it): refused anywhere.
+_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 _TEXT = b"text/plain; charset=utf-8"
+_FORM = b"application/x-www-form-urlencoded"
+_OPEN_PATHS = (b"/healthz", b"/readyz")  # probes need no token: they reveal nothing
 _FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 
 
@@ -36,12 +39,26 @@ def split_format(sql: str, default: str) -> tuple[str, str]:
     return sql.rstrip().rstrip(";"), default
 
 
+_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "0": "\0", "b": "\b", "f": "\f"}
+
+
+def unescape_param(text: str) -> str | None:
+    """A param_* value as ClickHouse's HTTP interface reads it: escaped text, \\N alone is NULL."""
+    if text == "\\N":
+        return None
+    if "\\" not in text:
+        return text
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text, flags=re.DOTALL)
+
+
 def refuse_reason(sql: str) -> str | None:
     """Why /query refuses `sql`, or None when it may run (read-only statements only)."""
     stripped = re.sub(r"^(\s|--[^\n]*\n|/\*.*?\*/)*", "", sql, flags=re.DOTALL)
     match = _WRITE_STATEMENT.match(stripped)
     if match:
         return f"read-only: {match.group(1).upper()} statements are not allowed on /query"
+    if _OUTFILE.search(stripped):
+        return "read-only: INTO OUTFILE is not allowed on /query"
     if ";" in stripped.rstrip().rstrip(";"):
         return "read-only: one statement per query"
     return None
@@ -58,7 +75,8 @@ class QueryRunner:
     def run(self, sql: str, fmt: str, params: dict) -> bytes:
         with self._lock:
             if self._client is None:
-                self._client = clickhouse.connect(self.dsn)
+                # a client-level setting: with readonly=1 a query may not change settings itself
+                self._client = clickhouse.connect(self.dsn, settings={"max_execution_time": int(QUERY_TIMEOUT)})
             settings = {"readonly": 1}
             sql, fmt = split_format(sql, fmt)
             return self._client.raw_query(sql, parameters=params or None, settings=settings, fmt=fmt)
@@ -94,7 +112,7 @@ class AdminApp:
         log.exception("admin error", exc_info=exc)
 
     def handle(self, request):
-        if self.token:
+        if self.token and request.path not in _OPEN_PATHS:
             given = request.headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.token):
                 return Response(401 if not given else 403, b"admin token required\n",
@@ -127,9 +145,15 @@ class AdminApp:
 
     def _query(self, request):
         args = dict(parse_qsl(request.query.decode("utf-8", "replace"), keep_blank_values=True))
+        content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+        body = request.body if request.method == b"POST" else b""
+        if body and content_type == _FORM:
+            # query, default_format and param_* as form fields: large parameters fit in a body
+            args.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+            body = b""
         sql = args.pop("query", "")
-        if request.method == b"POST" and request.body:
-            body = request.body.decode("utf-8", "replace")
+        if body:
+            body = body.decode("utf-8", "replace")
             sql = f"{sql}\n{body}" if sql else body
         if not sql.strip():
             return error_response(400, "query is missing: /query?query=SQL", close=False)
@@ -137,7 +161,7 @@ class AdminApp:
         if reason:
             return error_response(403, reason, close=False)
         fmt = args.pop("default_format", "TabSeparated")
-        params = {k[len("param_"):]: v for k, v in args.items() if k.startswith("param_")}
+        params = {k[len("param_"):]: unescape_param(v) for k, v in args.items() if k.startswith("param_")}
         ticket = Ticket()
 
         def run():

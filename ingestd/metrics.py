@@ -1,7 +1,30 @@
 """Process metrics: plain counters bumped on the hot path, formatted as Prometheus text at scrape time."""
 from __future__ import annotations
 
+import bisect
 from collections import Counter
+
+# Histogram bounds: a segment holds 1 row to ~100k rows; a chDB insert takes ms to seconds.
+BATCH_ROWS_BUCKETS = (1, 10, 100, 1_000, 10_000, 100_000, 1_000_000)
+INSERT_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def observe(buckets: Counter, bounds: tuple, value: float) -> None:
+    """Count `value` in the bucket of the smallest bound >= value ('+Inf' above them all)."""
+    index = bisect.bisect_left(bounds, value)
+    buckets[str(bounds[index]) if index < len(bounds) else "+Inf"] += 1
+
+
+def render_histogram(name: str, help_text: str, bounds: tuple, buckets: Counter, total: float, count: int) -> list[str]:
+    """Prometheus histogram lines: cumulative buckets, sum, count."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+    cumulative = 0
+    for bound in [str(b) for b in bounds] + ["+Inf"]:
+        cumulative += buckets.get(bound, 0)
+        lines.append(f'{name}_bucket{{le="{bound}"}} {cumulative}')
+    lines.append(f"{name}_sum {total:.6f}")
+    lines.append(f"{name}_count {count}")
+    return lines
 
 
 # Values that describe the service, not an amount: added up over --workers processes they take the max.
@@ -29,9 +52,14 @@ class Metrics:
         self.bytes_shipped = 0
         self.ship_failures = 0
         self.segments_quarantined = 0
-        self.insert_seconds_sum = 0.0
+        # histograms as plain Counters (bound -> observations) and numbers, so they add up like the rest
+        self.batch_rows_buckets = Counter()
+        self.batch_rows_sum = 0
+        self.batch_rows_count = 0
+        self.insert_seconds_buckets = Counter()
+        self._insert_seconds_sum = 0.0
         self.insert_seconds_count = 0
-        self.batch_rows_last = 0
+        self._batch_rows_last = 0
         self.gauges: dict[str, callable] = {}  # name -> function returning the current value
         self.peers: list[callable] = []  # functions returning other processes' snapshots (--workers)
 
@@ -59,6 +87,28 @@ class Metrics:
                 setattr(self, name, max(getattr(self, name), value))
             elif isinstance(getattr(self, name, None), (int, float)):
                 setattr(self, name, getattr(self, name) + value)
+
+    # The sink assigns these two per shipment; the setters also feed the histograms, so the sink
+    # need not know about them.
+    @property
+    def batch_rows_last(self) -> int:
+        return self._batch_rows_last
+
+    @batch_rows_last.setter
+    def batch_rows_last(self, rows: int) -> None:
+        self._batch_rows_last = rows
+        observe(self.batch_rows_buckets, BATCH_ROWS_BUCKETS, rows)
+        self.batch_rows_sum += rows
+        self.batch_rows_count += 1
+
+    @property
+    def insert_seconds_sum(self) -> float:
+        return self._insert_seconds_sum
+
+    @insert_seconds_sum.setter
+    def insert_seconds_sum(self, total: float) -> None:
+        observe(self.insert_seconds_buckets, INSERT_SECONDS_BUCKETS, total - self._insert_seconds_sum)
+        self._insert_seconds_sum = total
 
     def render(self) -> str:
         if self.peers:  # the owner of --workers: this process plus every other worker
@@ -99,10 +149,11 @@ class Metrics:
         counter("ingestd_ship_failures_total", "Failed insert attempts (retried).", self.ship_failures)
         counter("ingestd_segments_quarantined_total", "Segments ClickHouse refused for good (moved aside).",
                 self.segments_quarantined)
-        lines.append("# HELP ingestd_insert_seconds Time spent in ClickHouse inserts.")
-        lines.append("# TYPE ingestd_insert_seconds summary")
-        lines.append(f"ingestd_insert_seconds_sum {self.insert_seconds_sum:.6f}")
-        lines.append(f"ingestd_insert_seconds_count {self.insert_seconds_count}")
+        lines += render_histogram("ingestd_insert_seconds", "ClickHouse insert latency per segment.",
+                                  INSERT_SECONDS_BUCKETS, self.insert_seconds_buckets, self.insert_seconds_sum,
+                                  self.insert_seconds_count)
+        lines += render_histogram("ingestd_batch_rows", "Rows per shipped segment (one insert).", BATCH_ROWS_BUCKETS,
+                                  self.batch_rows_buckets, self.batch_rows_sum, self.batch_rows_count)
         lines.append("# HELP ingestd_batch_rows_last Rows in the last shipped segment.")
         lines.append("# TYPE ingestd_batch_rows_last gauge")
         lines.append(f"ingestd_batch_rows_last {self.batch_rows_last}")
