@@ -45,12 +45,13 @@ class BeaconApp:
 
     wanted_headers = frozenset({b"content-type", b"content-length", b"user-agent", b"expect"})
 
-    def __init__(self, spool, metrics, loop, *, strict: bool = False, client_ip=None):
+    def __init__(self, spool, metrics, loop, *, strict: bool = False, client_ip=None, rate_limit=None):
         self.spool = spool
         self.metrics = metrics
         self.loop = loop
         self.strict = strict
         self.client_ip = client_ip or (lambda request: request.peer)
+        self.rate_limit = rate_limit  # None, or request -> None (allowed) | the 429 Response (ingestd.ratelimit)
         self.connections: set = set()
         self.accepting = True
         self._tickets: dict[int, Ticket] = {}  # shared replies of this iteration, by variant
@@ -88,6 +89,12 @@ class BeaconApp:
 
     # -- requests -------------------------------------------------------------------------------------
     def handle(self, request):
+        if self.rate_limit is not None:
+            refused = self.rate_limit(request)
+            if refused is not None:
+                self.metrics.rate_limited += 1
+                self.metrics.responses[429] += 1
+                return refused
         path = request.path
         if path not in BEACON_PATHS:
             self.metrics.responses[404] += 1
@@ -187,8 +194,8 @@ class BeaconApp:
         if json_body and "ks" in json_body:
             json_body = {**json_body, "ks": "<redacted>"}
             raw_body = orjson.dumps(json_body)
-        elif raw_body and b"ks=" in raw_body and json_body is None:
-            raw_body = ks_codec.strip_from_query(raw_body, mask=b"<redacted>")
+        elif raw_body and json_body is None:  # form, text or broken JSON: mask ks in any spelling
+            raw_body = ks_codec.redact(raw_body)
         self.spool.append(orjson.dumps((
             "r", int(request.received_at * 1000), self.client_ip(request),
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),

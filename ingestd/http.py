@@ -21,6 +21,10 @@ MAX_PIPELINE = 64  # replies queued on one connection before we stop reading fro
 HEADER_TIMEOUT = 10.0  # seconds to send a complete request head (slowloris)
 IDLE_TIMEOUT = 30.0  # seconds a keep-alive connection may sit idle between requests
 WRITE_HIGH_WATER = 256 * 1024  # transport buffer above which we stop reading (slow reader)
+MAX_CONNECTIONS = 10000  # open beacon connections per process; each costs ~10 KiB and a descriptor
+EVICT_BATCH = 32  # idle connections closed at once when the limit is reached (as nginx drains 32)
+SLOW_REQUEST_EVICT = 1.0  # at the limit, a request still arriving after this long may be cut (slowloris)
+LINGER_SECONDS = 2.0  # after an error reply, unread input is drained this long: the client gets the reply, not a reset
 
 STATUS_TEXT = {
     200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
@@ -130,6 +134,83 @@ class Limits:
         self.idle_timeout = idle_timeout
 
 
+class ConnectionGate:
+    """Admission for one listener: at most `max_connections` open at once.
+
+    At the limit, room is made instead of refusing: first the connections idle longest (keep-alive
+    or never sent a byte) are closed, EVICT_BATCH at a time; if none is idle, the oldest request still
+    trickling in after SLOW_REQUEST_EVICT seconds is cut with 408. Only when every open connection is
+    busy is the newcomer answered 503 and closed. So idle floods and slowloris cannot lock out players.
+    """
+
+    def __init__(self, max_connections: int = MAX_CONNECTIONS, metrics=None):
+        self.max_connections = max_connections
+        self.open: dict[HttpProtocol, None] = {}  # insertion-ordered: oldest first
+        self.metrics = metrics  # anything with connections_refused / connections_evicted counters
+
+    def admit(self, conn: "HttpProtocol") -> bool:
+        """Called by a new connection: True if it may proceed (possibly after closing others)."""
+        if len(self.open) >= self.max_connections and not self._make_room():
+            if self.metrics is not None:
+                self.metrics.connections_refused += 1
+            return False
+        self.open[conn] = None
+        return True
+
+    def release(self, conn: "HttpProtocol") -> None:
+        self.open.pop(conn, None)
+
+    def _make_room(self) -> bool:
+        """Close idle connections (longest idle first), else one slow request; True if room was made."""
+        now = time.monotonic()
+        idle = [c for c in self.open if c.is_idle()]
+        if idle:
+            batch = max(EVICT_BATCH, self.max_connections // 64)
+            if len(idle) > batch:
+                idle.sort(key=_last_activity)
+                idle = idle[:batch]
+            for conn in idle:
+                self.open.pop(conn, None)
+                conn.transport.close()
+            if self.metrics is not None:
+                self.metrics.connections_evicted += len(idle)
+            return True
+        for conn in self.open:  # oldest first
+            if conn.in_request and not conn.outbox and now - conn.request_started > SLOW_REQUEST_EVICT:
+                self.open.pop(conn, None)
+                conn.time_out()
+                if self.metrics is not None:
+                    self.metrics.connections_evicted += 1
+                return True
+        return False
+
+
+def _last_activity(conn: "HttpProtocol") -> float:
+    return conn.last_activity
+
+
+def close_after_error(transport) -> None:
+    """Close after an error reply without losing it to a TCP reset (as nginx's lingering close).
+
+    Closing a socket with unread input makes the kernel send RST, and the client may then drop the
+    reply (a 413 to an upload still in flight). So: send FIN, keep discarding input, close later.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+        can_linger = transport.can_write_eof()
+    except (RuntimeError, AttributeError):  # no loop (tests with a fake transport) or no half-close
+        can_linger = False
+    if not can_linger:
+        transport.close()
+        return
+    transport.resume_reading()  # reading may be paused by the pipeline cap: drain it
+    transport.write_eof()
+    loop.call_later(LINGER_SECONDS, transport.close)
+
+
+_REFUSED = None  # the 503 for a connection over the limit, built after render() below
+
+
 class HttpError(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -162,12 +243,13 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
         "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
-        "in_request", "request_started", "body_bytes",
+        "in_request", "request_started", "body_bytes", "fresh", "gate", "failed",
     )
 
-    def __init__(self, app, limits: Limits | None = None):
+    def __init__(self, app, limits: Limits | None = None, gate: ConnectionGate | None = None):
         self.app = app
         self.limits = limits or Limits()
+        self.gate = gate
         self.wanted_headers: frozenset[bytes] = app.wanted_headers
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -184,17 +266,29 @@ class HttpProtocol(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.in_request = False
         self.request_started = 0.0
+        self.fresh = True  # no request begun yet: the header timeout runs from the accept
+        self.failed = False  # a protocol error was answered: what still arrives is discarded
 
     # -- asyncio callbacks ----------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
+        if self.gate is not None and not self.gate.admit(self):
+            self.gate = None  # never admitted: nothing to release, and the app never saw it
+            self.closing = True
+            self.app = None
+            transport.write(render(_REFUSED, False))
+            close_after_error(transport)
+            return
         self.app.connection_made(self)
 
     def connection_lost(self, exc) -> None:
         self.closing = True
-        self.app.connection_lost(self)
+        if self.gate is not None:
+            self.gate.release(self)
+        if self.app is not None:
+            self.app.connection_lost(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
@@ -213,6 +307,13 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 self._fail(400, f"malformed HTTP request: {str(exc) or type(exc).__name__}")
 
+    def eof_received(self) -> bool:
+        """Called when the client half-closes: answer what is already queued, then close."""
+        self.closing = True
+        if not self.outbox:
+            return False  # nothing owed: let the transport close now
+        return True  # keep the write side open; write_ready closes once the outbox is empty
+
     def pause_writing(self) -> None:
         self.write_paused = True
         self._update_reading()
@@ -226,6 +327,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:  # pipelined behind the last request served before shutdown: not read
             raise _StopReading
         self.in_request = True
+        self.fresh = False
         self.request_started = self.last_activity
         self.url = b""
         self.headers = {}
@@ -318,13 +420,18 @@ class HttpProtocol(asyncio.Protocol):
             transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
         if close or (self.closing and not outbox):
             self.closing = True
-            transport.close()
+            if self.failed:
+                close_after_error(transport)
+            else:
+                transport.close()
         elif self.paused:
             self._update_reading()
 
     def _fail(self, status: int, reason: str) -> None:
         """A protocol error: answer after what is already queued, then close."""
         self.closing = True
+        self.failed = True
+        self.in_request = False
         self.app.protocol_error(self, status)
         self.outbox.append((error_response(status, reason), False))
         self.write_ready()
@@ -341,22 +448,36 @@ class HttpProtocol(asyncio.Protocol):
             self.paused = False
             transport.resume_reading()
 
+    def is_idle(self) -> bool:
+        """True between requests (or before the first, or lingering after an error): nothing owed."""
+        return not self.outbox and (self.failed or (not self.in_request and not self.closing))
+
     def check_timeout(self, now: float) -> bool:
         """Called by the server's sweep once a second: close a slow or idle connection. True if closed."""
         if self.transport is None or self.transport.is_closing() or self.outbox:
             return False
         if self.in_request and now - self.request_started > self.limits.header_timeout:
-            self.app.protocol_error(self, 408)
-            self.transport.write(render(error_response(408, "request not completed in time"), False))
-            self.transport.close()
+            self.time_out()
             return True
-        if not self.in_request and now - self.last_activity > self.limits.idle_timeout:
+        # a connection that never began a request gets the header timeout, not the keep-alive one
+        limit = self.limits.header_timeout if self.fresh else self.limits.idle_timeout
+        if not self.in_request and now - self.last_activity > limit:
             self.transport.close()
             return True
         return False
+
+    def time_out(self) -> None:
+        """Answer 408 to a request that did not arrive in time, and close."""
+        self.closing = True
+        self.app.protocol_error(self, 408)
+        self.transport.write(render(error_response(408, "request not completed in time"), False))
+        self.transport.close()
 
     def shutdown(self) -> None:
         """Called by the server to commence a graceful shutdown: finish what is queued, then close."""
         self.closing = True
         if self.transport is not None and not self.outbox and not self.in_request:
             self.transport.close()
+
+
+_REFUSED = Response(503, b"too many connections; retry later\n", headers=b"retry-after: 1\r\n", close=True)

@@ -3,7 +3,7 @@
 What is not secret is decoded and kept (partner id, user id, expiry, privileges) with a SHA-256
 digest for joining; the raw value is removed from everything that is stored.
 KS v1 is base64 of `signature|partnerId;partnerPattern;expiry;type;random;userId;privileges;…`;
-KS v2 is `v2|partnerId|<encrypted>`. A KS that decodes to neither is stored as "undecodable".
+KS v2 is base64 of `v2|partnerId|<encrypted bytes>`. A KS that decodes to neither is stored as "undecodable".
 """
 from __future__ import annotations
 
@@ -26,19 +26,20 @@ def describe(ks: bytes) -> dict[str, str]:
     """Decode a ks value (already form-decoded) into the non-secret fields stored in `ks_*` columns."""
     ks = ks.strip()
     info = {"hash": digest(ks), "status": "undecodable"}
-    if ks.startswith(b"v2|"):
-        parts = ks.split(b"|", 2)
-        if len(parts) == 3 and _DIGITS.fullmatch(parts[1].decode("ascii", "replace")):
-            info.update(status="v2", partner_id=parts[1].decode())
-        return info
     try:
         # '+' arrives as ' ' when a client did not escape it; '-'/'_' are the URL-safe alphabet
         padded = ks.replace(b" ", b"+").replace(b"-", b"+").replace(b"_", b"/")
         padded += b"=" * (-len(padded) % 4)
-        plain = base64.b64decode(padded, validate=True).decode("utf-8")
+        plain = base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError):
-        return info
-    signature, sep, payload = plain.partition("|")
+        plain = b""
+    for v2 in (plain, ks):  # KS v2 is base64 of `v2|partnerId|<encrypted bytes>`; seen unencoded too
+        if v2.startswith(b"v2|"):
+            partner = v2.split(b"|", 2)[1] if v2.count(b"|") >= 2 else b""
+            if _DIGITS.fullmatch(partner.decode("ascii", "replace")):
+                info.update(status="v2", partner_id=partner.decode())
+            return info
+    signature, sep, payload = plain.decode("utf-8", "replace").partition("|")
     fields = payload.split(";")
     if not sep or len(fields) < 7 or not _DIGITS.fullmatch(fields[0]) or not _DIGITS.fullmatch(fields[2]):
         return info
@@ -48,14 +49,62 @@ def describe(ks: bytes) -> dict[str, str]:
     return info
 
 
+MASK = b"<redacted>"
+MIN_SECRET_BYTES = 16  # shorter ks values are not searched for elsewhere (they would match innocent text)
+# "ks": value in JSON-like text, also with \u-escaped letters; the value up to its closing quote
+_JSON_KS = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*(?:"(?:[^"\\]|\\.)*"?|[^,}\]\s]*)')
+
+
 def strip_from_query(query: bytes, mask: bytes = b"") -> bytes:
-    """The query string without its ks parameter(s); with `mask`, their values replaced by it."""
+    """The query string without its ks parameter(s); with `mask`, their values replaced by it.
+
+    Names are compared decoded (`%6Bs` is `ks`), and a ks value that also appears elsewhere in the
+    query (a referrer URL that carried it, say) is masked there too.
+    """
+    pairs = query.split(b"&")
     kept = []
-    for pair in query.split(b"&"):
-        name, eq, _ = pair.partition(b"=")
-        if form_decode(name) == b"ks":
+    values = []
+    for pair in pairs:
+        name, _, value = pair.partition(b"=")
+        if name == b"ks" or ((b"%" in name or b"+" in name) and form_decode(name) == b"ks"):
+            values.append(value)
             if mask:
                 kept.append(name + b"=" + mask)
-            continue
-        kept.append(pair)
-    return b"&".join(kept)
+        else:
+            kept.append(pair)
+    if not values:
+        return query
+    out = b"&".join(kept)
+    # Echoes are rare: look for one only when a ks prefix recurs (or is escaped, so it cannot be probed).
+    for value in values:
+        probe = value[:MIN_SECRET_BYTES]
+        if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe):
+            return mask_values(out, values)
+    return out
+
+
+def secret_forms(values: list[bytes]) -> list[bytes]:
+    """The ways these raw ks values could be spelled elsewhere: as sent, decoded, decoded without padding."""
+    forms = set()
+    for raw in values:
+        decoded = form_decode(raw).strip()
+        for form in (raw, decoded, decoded.rstrip(b"=")):
+            if len(form) >= MIN_SECRET_BYTES:
+                forms.add(form)
+    return sorted(forms, key=len, reverse=True)
+
+
+def mask_values(text: bytes, values: list[bytes]) -> bytes:
+    """`text` with every spelling of the given raw ks values replaced by the mask."""
+    for form in secret_forms(values):
+        if form in text:
+            text = text.replace(form, MASK)
+    return text
+
+
+def redact(data: bytes) -> bytes:
+    """A raw body as sent (form, JSON, or broken either way) with every ks value in it masked."""
+    if b"k" not in data and b"%" not in data and b"\\u" not in data:
+        return data  # no spelling of 'ks' can be in it
+    data = strip_from_query(data, MASK)
+    return _JSON_KS.sub(b'"ks":"' + MASK + b'"', data)

@@ -45,6 +45,7 @@ class Metrics:
         self.connections_total = 0
         self.connections_refused = 0
         self.connections_timed_out = 0
+        self.connections_evicted = 0
         self.rate_limited = 0
         self.protocol_errors = Counter()  # status -> count
         self.batches_shipped = 0
@@ -140,8 +141,10 @@ class Metrics:
         counter("ingestd_connections_total", "Connections accepted.", self.connections_total)
         counter("ingestd_connections_refused_total", "Connections refused over --max-connections.",
                 self.connections_refused)
-        counter("ingestd_connections_timed_out_total", "Connections closed by the header timeout.",
+        counter("ingestd_connections_timed_out_total", "Connections closed by the header or idle timeout.",
                 self.connections_timed_out)
+        counter("ingestd_connections_evicted_total",
+                "Idle or slow connections closed to admit new ones at --max-connections.", self.connections_evicted)
         counter("ingestd_rate_limited_total", "Requests answered 429 by the per-IP rate limit.", self.rate_limited)
         counter("ingestd_batches_shipped_total", "Segments inserted into ClickHouse.", self.batches_shipped)
         counter("ingestd_rows_shipped_total", "Rows inserted into ClickHouse.", self.rows_shipped)

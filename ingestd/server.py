@@ -12,12 +12,12 @@ from pathlib import Path
 
 import uvloop
 
-from . import __version__, clickhouse, sdnotify
+from . import __version__, clickhouse, clientip, ratelimit, sdnotify
 from .admin import READY_BACKLOG_SEGMENTS
 from .admin import start as start_admin
 from .beacon import BeaconApp
 from .config import ConfigError, Settings, split_address
-from .http import CLOCK, HttpProtocol, Limits
+from .http import CLOCK, ConnectionGate, HttpProtocol, Limits
 from .metrics import Metrics
 from .sink import Sink
 from .spool import Spool
@@ -99,9 +99,13 @@ class Server:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
-        self.app = BeaconApp(self.spool, self.metrics, loop, strict=self.settings.strict)
-        app, limits = self.app, self.limits
-        beacon = await loop.create_server(lambda: HttpProtocol(app, limits), sock=self.beacon_sock,
+        ips = clientip.from_settings(self.settings)
+        guard = ratelimit.request_guard(self.settings.rate_limit, ips.client) if self.settings.rate_limit else None
+        self.app = BeaconApp(self.spool, self.metrics, loop, strict=self.settings.strict, client_ip=ips.stored,
+                             rate_limit=guard)
+        self.app.wanted_headers = self.app.wanted_headers | ips.wanted_headers  # X-Forwarded-For if trusted
+        app, limits, gate = self.app, self.limits, ConnectionGate(self.settings.max_connections, self.metrics)
+        beacon = await loop.create_server(lambda: HttpProtocol(app, limits, gate), sock=self.beacon_sock,
                                           backlog=LISTEN_BACKLOG)
         admin = None
         if self.admin_sock is not None:

@@ -1,0 +1,79 @@
+"""No raw ks anywhere: after the document's example and rejected requests carrying a ks, search every table and the spool."""
+import base64
+import json
+import urllib.parse
+import urllib.request
+
+from conftest import DOCUMENT_EXAMPLE, DOCUMENT_KS
+
+BEACON = "/api_v3/index.php?service=analytics&action=trackEvent&"
+KS_DECODED = urllib.parse.unquote(DOCUMENT_KS)  # the base64 text, '=' padded
+SIGNATURE = base64.b64decode(KS_DECODED).split(b"|")[0].decode()  # the secret part inside it
+# every spelling of the credential that must not be stored
+FORBIDDEN = [DOCUMENT_KS, KS_DECODED, KS_DECODED.rstrip("="), urllib.parse.quote(KS_DECODED, safe=""), SIGNATURE]
+
+
+def ship(server, action):
+    request = urllib.request.Request(f"{server.admin_url}/ship?action={action}", method="POST")
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def test_no_raw_ks_in_any_table_or_spool_file(make_ingestd):
+    server = make_ingestd("--hold-shipping").start()
+    without_ks = DOCUMENT_EXAMPLE.replace("&ks=" + DOCUMENT_KS, "")
+    referrer_echo = urllib.parse.quote("http://example.com/embed?ks=" + KS_DECODED, safe="")
+    accepted = [
+        server.get(BEACON + DOCUMENT_EXAMPLE),  # the document's own example
+        server.get(BEACON + without_ks + "&%6Bs=" + DOCUMENT_KS),  # an escaped parameter name
+        server.get(BEACON + DOCUMENT_EXAMPLE + "&ks=second&customVar2=" + referrer_echo),  # repeated, echoed
+        server.post(BEACON + without_ks, json.dumps({"ks": KS_DECODED}).encode()),  # in a JSON body
+        server.post(BEACON, DOCUMENT_EXAMPLE.encode(), "text/plain"),  # sendBeacon text body
+    ]
+    rejected = [
+        server.get(BEACON + "eventType=abc&ks=" + DOCUMENT_KS),
+        server.get(BEACON + "eventType=abc&k%73=" + DOCUMENT_KS + "&referrer=" + referrer_echo),
+        server.post(BEACON, b'{"eventType": "abc", "ks": "' + KS_DECODED.encode() + b'"', "application/json"),
+        server.post(BEACON, b'[{"ks": "' + KS_DECODED.encode() + b'"}]', "application/json"),
+        server.post(BEACON, json.dumps({"eventType": "abc", "ks": KS_DECODED}).encode()),
+        server.post(BEACON, ("eventType=abc&%6Bs=" + DOCUMENT_KS).encode(), "text/plain"),
+        server.post(BEACON, ("eventType=abc&%6Bs=" + DOCUMENT_KS).encode(), "application/x-www-form-urlencoded"),
+    ]
+    assert [a[0] for a in accepted] == [200] * len(accepted)
+    assert [r[0] for r in rejected] == [400] * len(rejected)
+
+    # the spool, before anything is shipped (sealed and open segments alike)
+    files = [p for p in server.spool.rglob("*") if p.is_file()]
+    spooled = b"".join(p.read_bytes() for p in files)
+    assert spooled.count(b"\n") >= len(accepted) + len(rejected)
+    for secret in FORBIDDEN:
+        assert secret.encode() not in spooled, secret
+
+    ship(server, "resume")
+    assert server.wait_rows("SELECT count() AS n FROM analytics.events", len(accepted)) == len(accepted)
+    assert server.wait_rows("SELECT count() AS n FROM analytics.rejected_events", len(rejected)) == len(rejected)
+    # what was decoded instead: partner, expiry, privileges and a hash for joining
+    rows = server.query("SELECT ks_status, ks_partner_id, ks_expiry, ks_privileges, ks_hash FROM analytics.events")
+    assert {(r["ks_status"], int(r["ks_partner_id"]), int(r["ks_expiry"]), r["ks_privileges"]) for r in rows} == \
+        {("v1", 585231, 1435160676, "view:*,widget:1")}
+    assert len({r["ks_hash"] for r in rows}) == 1
+    masked = server.query("SELECT raw_query, raw_body, ks_hash FROM analytics.rejected_events")
+    assert sum("<redacted>" in r["raw_query"] + r["raw_body"] for r in masked) == len(rejected)
+
+    columns = server.query(
+        "SELECT table, name, type FROM system.columns WHERE database = 'analytics' "
+        "AND (type LIKE '%String%' OR type LIKE 'Map%') AND type NOT LIKE '%AggregateFunction%'")
+    tables = {c["table"] for c in columns}
+    assert {"events", "rejected_events"} <= tables
+    searched = 0
+    for column in columns:
+        for secret in FORBIDDEN:
+            found = server.query(
+                f"SELECT count() AS n FROM analytics.`{column['table']}` "
+                f"WHERE position(toString(`{column['name']}`), {{s:String}}) > 0".replace("{s:String}", _sql(secret)))
+            assert int(found[0]["n"]) == 0, (column, secret)
+            searched += 1
+    assert searched >= len(FORBIDDEN) * 10
+
+
+def _sql(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

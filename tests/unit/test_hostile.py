@@ -1,0 +1,305 @@
+"""Unit tests of the hostile-input pieces: client IP and privacy modes, rate limit, ks redaction, connection gate."""
+import ipaddress
+import os
+
+import pytest
+
+from ingestd import clientip, ks, ratelimit
+from ingestd.http import CLOCK, ConnectionGate, HttpProtocol, Limits, Response
+
+
+class Req:
+    def __init__(self, peer, **headers):
+        self.peer = peer
+        self.headers = {k.replace("_", "-").encode(): v.encode() for k, v in headers.items()}
+
+
+def nets(*cidrs):
+    return tuple(ipaddress.ip_network(c) for c in cidrs)
+
+
+# -- client IP -----------------------------------------------------------------------------------------
+def test_full_mode_is_the_peer_and_ignores_headers_from_untrusted_peers():
+    resolver = clientip.ClientIP("full")
+    spoof = Req("203.0.113.7", x_forwarded_for="1.2.3.4", forwarded="for=5.6.7.8")
+    assert resolver.stored(spoof) == "203.0.113.7"
+    assert resolver.client(spoof) == "203.0.113.7"
+    assert resolver.wanted_headers == frozenset()  # nothing extra parsed when no proxy is trusted
+
+
+def test_ipv4_mapped_peers_are_stored_as_ipv4():
+    assert clientip.ClientIP("full").stored(Req("::ffff:198.51.100.9")) == "198.51.100.9"
+
+
+@pytest.mark.parametrize("peer, expected", [
+    ("198.51.100.200", "198.51.100.0"),
+    ("2001:db8:abcd:1234:5678::1", "2001:db8:abcd::"),
+    ("::ffff:10.1.2.3", "10.1.2.0"),
+])
+def test_truncate_keeps_a_24_or_48(peer, expected):
+    assert clientip.ClientIP("truncate").stored(Req(peer)) == expected
+
+
+def test_drop_stores_nothing():
+    assert clientip.ClientIP("drop").stored(Req("198.51.100.1")) == ""
+
+
+def test_hash_is_stable_within_a_day_keyed_and_rotates(tmp_path, monkeypatch):
+    day = 20000
+    monkeypatch.setattr(CLOCK, "seconds", day * 86400 + 5)
+    a = clientip.ClientIP("hash", key_dir=tmp_path)
+    b = clientip.ClientIP("hash", key_dir=tmp_path)  # another worker sharing the spool
+    first = a.stored(Req("198.51.100.1"))
+    assert len(first) == 16 and int(first, 16) >= 0 and "198" not in first
+    assert a.stored(Req("198.51.100.1")) == first == b.stored(Req("198.51.100.1"))
+    assert a.stored(Req("198.51.100.2")) != first
+    assert oct(os.stat(tmp_path / f"ip-hash-key-{day}").st_mode & 0o777) == "0o600"
+    other = clientip.ClientIP("hash", key_dir=tmp_path / "elsewhere")
+    assert other.stored(Req("198.51.100.1")) != first  # keyed: not a plain hash anyone can recompute
+    monkeypatch.setattr(CLOCK, "seconds", (day + 1) * 86400 + 5)
+    assert a.stored(Req("198.51.100.1")) != first  # a new day, a new key
+    assert sorted(p.name for p in tmp_path.glob("ip-hash-key-*")) == [f"ip-hash-key-{day + 1}"]
+
+
+def test_workers_share_one_key_directory(tmp_path):
+    assert clientip.key_directory(tmp_path / "spool" / "w3") == tmp_path / "spool" / "ip-keys"
+    assert clientip.key_directory(tmp_path / "spool") == tmp_path / "spool" / "ip-keys"
+
+
+def test_trusted_proxy_headers_are_believed_right_to_left():
+    resolver = clientip.ClientIP("full", nets("10.0.0.0/8", "2001:db8::/32"))
+    assert resolver.wanted_headers == clientip.PROXY_HEADERS
+    # the client may send its own X-Forwarded-For: only the hops our proxies appended are believed
+    req = Req("10.0.0.5", x_forwarded_for="6.6.6.6, 203.0.113.9, 10.0.0.4")
+    assert resolver.client(req) == "203.0.113.9"
+    assert resolver.stored(req) == "203.0.113.9"
+    assert resolver.client(Req("10.0.0.5", x_forwarded_for="[2001:db9::1]:443")) == "2001:db9::1"
+    assert resolver.client(Req("10.0.0.5", x_forwarded_for="203.0.113.9:8080")) == "203.0.113.9"
+    # Forwarded only when X-Forwarded-For is absent
+    assert resolver.client(Req("10.0.0.5", forwarded='for="[2001:db9::7]";proto=https, for=10.1.1.1')) == \
+        "2001:db9::7"
+    assert resolver.client(Req("10.0.0.5", forwarded="for=198.51.100.3", x_forwarded_for="203.0.113.1")) == \
+        "203.0.113.1"
+    # garbage or an obfuscated hop stops the walk at the last address we could read
+    assert resolver.client(Req("10.0.0.5", x_forwarded_for="1.2.3.4, garbage, 10.9.9.9")) == "10.9.9.9"
+    assert resolver.client(Req("10.0.0.5", forwarded="for=_hidden")) == "10.0.0.5"
+    assert resolver.client(Req("10.0.0.5")) == "10.0.0.5"  # no header: the proxy itself
+    # a peer outside the trusted ranges cannot forge any of it
+    assert resolver.client(Req("203.0.113.50", x_forwarded_for="1.1.1.1")) == "203.0.113.50"
+
+
+def test_trusted_proxy_with_truncation():
+    resolver = clientip.ClientIP("truncate", nets("127.0.0.1/32"))
+    assert resolver.stored(Req("127.0.0.1", x_forwarded_for="203.0.113.77")) == "203.0.113.0"
+    assert resolver.stored(Req("127.0.0.1", x_forwarded_for="198.51.100.1")) == "198.51.100.0"  # not cached
+
+
+# -- rate limit --------------------------------------------------------------------------------------
+def test_token_bucket_burst_then_rate_then_refill():
+    now = [100.0]
+    limiter = ratelimit.RateLimiter(5, clock=lambda: now[0])
+    allowed = [limiter.allow("198.51.100.1") for _ in range(12)]
+    assert allowed[:10] == [0] * 10  # a burst of 2 s worth
+    assert allowed[10] == 1 and allowed[11] == 1  # then Retry-After: 1
+    assert limiter.allow("198.51.100.2") == 0  # per address
+    now[0] += 1.0  # five more tokens
+    assert [limiter.allow("198.51.100.1") for _ in range(6)] == [0] * 5 + [1]
+
+
+def test_ipv6_is_limited_per_64():
+    now = [0.0]
+    limiter = ratelimit.RateLimiter(1, clock=lambda: now[0])
+    assert limiter.allow("2001:db8:1:2::1") == 0
+    assert limiter.allow("2001:db8:1:2::2") == 0
+    assert limiter.allow("2001:db8:1:2:ffff::3") > 0  # same /64: same bucket
+    assert limiter.allow("2001:db8:1:3::1") == 0
+
+
+def test_retry_after_grows_with_a_slow_rate():
+    limiter = ratelimit.RateLimiter(0.1, clock=lambda: 0.0)
+    assert limiter.allow("a") == 0
+    assert limiter.allow("a") == 10
+
+
+def test_bucket_table_is_bounded(monkeypatch):
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 100)
+    now = [0.0]
+    limiter = ratelimit.RateLimiter(10, clock=lambda: now[0])
+    for i in range(100):
+        limiter.allow(f"10.0.0.{i}")
+    now[0] = 10.0  # everyone idle long enough to be full again
+    limiter.allow("10.0.1.1")
+    assert len(limiter.buckets) == 1
+
+
+def test_request_guard_answers_429_with_retry_after():
+    check = ratelimit.request_guard(1, lambda request: request.peer)
+    req = Req("198.51.100.1")
+    assert check(req) is None and check(req) is None
+    refusal = check(req)
+    assert isinstance(refusal, Response) and refusal.status == 429 and b"retry-after: 1" in refusal.headers
+
+
+# -- ks ----------------------------------------------------------------------------------------------------
+SECRET = b"YjdlZTNkMGUzZDYxMzY0OGJjZDVjOTYzOWVkMjFlNTg2ZmMyZDRlOXw1ODUyMzE"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"eventType": 3, "ks": "' + SECRET + b'", "broken',  # JSON that fails to parse
+    b'[{"ks":"' + SECRET + b'"}]',  # JSON that is not an object
+    b'{"\\u006bs":"' + SECRET + b'"}',  # escaped key
+    b"eventType=abc&ks=" + SECRET,  # form / text
+    b"eventType=abc&%6Bs=" + SECRET + b"&x=1",  # percent-encoded name
+    b"eventType=abc&k%73=" + SECRET,
+])
+def test_redact_masks_ks_in_any_body(body):
+    out = ks.redact(body)
+    assert SECRET not in out and ks.MASK in out
+
+
+def test_strip_removes_every_ks_and_its_echo_in_other_values():
+    query = (b"ks=" + SECRET + b"%3D%3D&referrer=http%3A%2F%2Fx%2Fp%3Fks%3D" + SECRET + b"%253D&%6Bs=second"
+             + b"&eventType=3")
+    out = ks.strip_from_query(query)
+    assert SECRET not in out and b"second" not in out and out.endswith(b"&eventType=3")
+    masked = ks.strip_from_query(query, ks.MASK)
+    assert SECRET not in masked and masked.startswith(b"ks=<redacted>&")
+
+
+# -- connection gate ------------------------------------------------------------------------------------
+class FakeTransport:
+    def __init__(self, peer="127.0.0.1"):
+        self.peer = peer
+        self.written = []
+        self.closed = False
+
+    def get_extra_info(self, name):
+        return (self.peer, 1234)
+
+    def write(self, data):
+        self.written.append(data)
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+class App:
+    wanted_headers = frozenset()
+
+    def __init__(self):
+        self.open = set()
+        self.errors = []
+
+    def connection_made(self, conn):
+        self.open.add(conn)
+
+    def connection_lost(self, conn):
+        self.open.discard(conn)
+
+    def protocol_error(self, conn, status):
+        self.errors.append(status)
+
+    def handle(self, request):
+        return Response(200, b"ok")
+
+
+class Counters:
+    connections_refused = 0
+    connections_evicted = 0
+
+
+def connect(app, gate):
+    conn = HttpProtocol(app, Limits(), gate)
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    return conn, transport
+
+
+def test_gate_closes_longest_idle_connections_to_admit_new_ones():
+    app, counters = App(), Counters()
+    gate = ConnectionGate(4, counters)
+    conns = [connect(app, gate) for _ in range(4)]
+    for i, (conn, _) in enumerate(conns):
+        conn.last_activity = 100.0 - i  # the last one has been idle longest
+    conns[0][0].data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # served: now idle, most recent
+    newcomer, transport = connect(app, gate)
+    assert not transport.closed and newcomer in gate.open
+    assert sum(t.closed for _, t in conns) == 4 and counters.connections_evicted == 4  # batch: all idle ones
+    assert counters.connections_refused == 0
+
+
+def test_gate_cuts_a_slow_request_then_refuses_when_all_are_busy():
+    app, counters = App(), Counters()
+    gate = ConnectionGate(2, counters)
+    slow, slow_t = connect(app, gate)
+    slow.data_received(b"GET /collect?a")  # a request begun and never finished
+    slow.request_started -= 5  # ... five seconds ago
+    fast, fast_t = connect(app, gate)
+    fast.data_received(b"GET /collect?b")  # begun just now
+    third, third_t = connect(app, gate)
+    assert slow_t.closed and b"408" in slow_t.written[-1] and not third_t.closed
+    assert app.errors == [408]
+    third.data_received(b"GET /collect?c")
+    fourth, fourth_t = connect(app, gate)  # both open connections are mid-request and recent
+    assert fourth_t.closed and fourth_t.written[0].startswith(b"HTTP/1.1 503")
+    assert counters.connections_refused == 1 and fourth not in app.open
+    fourth.connection_lost(None)  # a refused connection never reaches the app
+    slow.connection_lost(None)
+    assert app.open == {fast, third} and set(gate.open) == {fast, third}
+
+
+def test_fresh_connection_gets_the_header_timeout_and_idle_keepalive_the_idle_timeout():
+    app = App()
+    conn = HttpProtocol(app, Limits(header_timeout=2, idle_timeout=30))
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    assert not conn.check_timeout(conn.last_activity + 1)
+    assert conn.check_timeout(conn.last_activity + 3)  # never sent a byte: gone at the header timeout
+    conn = HttpProtocol(app, Limits(header_timeout=2, idle_timeout=30))
+    conn.connection_made(FakeTransport())
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert not conn.check_timeout(conn.last_activity + 3)  # between requests: the idle timeout
+    assert conn.check_timeout(conn.last_activity + 31)
+
+
+def test_half_close_still_gets_the_queued_answers():
+    from ingestd.http import Ticket
+
+    ticket = Ticket()
+
+    class Deferred(App):
+        def handle(self, request):
+            return ticket
+
+    conn = HttpProtocol(Deferred(), Limits())
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(b"GET /collect HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.eof_received() is True and not transport.closed  # the answer is still owed
+    ticket.resolve(Response(200, b"1"))
+    assert transport.written and transport.written[0].startswith(b"HTTP/1.1 200") and transport.closed
+
+
+def test_ks_v1_and_v2_are_decoded_without_keeping_the_secret():
+    import base64
+
+    from conftest import DOCUMENT_KS
+    from ingestd.events import form_decode
+
+    v1 = ks.describe(form_decode(DOCUMENT_KS.encode()))
+    assert (v1["status"], v1["partner_id"], v1["expiry"], v1["privileges"]) == (
+        "v1", "585231", "1435160676", "view:*,widget:1")
+    v2_token = base64.urlsafe_b64encode(b"v2|585231|" + bytes(range(200, 256)) * 2)
+    v2 = ks.describe(v2_token)
+    assert (v2["status"], v2["partner_id"]) == ("v2", "585231")
+    assert set(v2) == {"hash", "status", "partner_id"}
+    assert ks.describe(b"not a ks at all")["status"] == "undecodable"
