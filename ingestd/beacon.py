@@ -35,6 +35,9 @@ _WRITE_FAILED = Response(
     503, b"event not stored: spool write failed; retry later\n",
     headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS,
 )
+_SHUTTING_DOWN = Response(
+    503, b"shutting down; retry later\n", headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS, close=True
+)
 _JSON = b"application/json"
 # Bodies read as a query string; no Content-Type at all is read the same way.
 _TEXT_TYPES = frozenset({b"", b"text/plain", b"application/x-www-form-urlencoded"})
@@ -137,7 +140,7 @@ class BeaconApp:
         """Validate and spool one beacon; `variant` 0 answers with plain time, 1 with the JSON object."""
         if self.spool.over_cap or not self.accepting:
             self.metrics.responses[503] += 1
-            return _OVER_CAP
+            return _OVER_CAP if self.accepting else _SHUTTING_DOWN
         params = split_query(query)
         body = body_params(json_body) if json_body else None
         try:
@@ -184,6 +187,9 @@ class BeaconApp:
 
     def _reject(self, request, query: bytes, rejection: Rejection, json_body=None):
         """Keep what was sent (ks masked) in the rejected stream and answer 400 with the reason."""
+        if self.spool.over_cap or not self.accepting:  # the cap holds for rejected rows too
+            self.metrics.responses[503] += 1
+            return _OVER_CAP if self.accepting else _SHUTTING_DOWN
         self.metrics.events_rejected[rejection.reason] += 1
         ks_info = {}
         params = split_query(query)

@@ -136,12 +136,25 @@ def cmd_replay(args) -> int:
 
     from .metrics import Metrics
     from .sink import replay
+    from .spool import SpoolBusy
 
     dsn = args.clickhouse or config.load({}).clickhouse
     spool_dir = Path(args.spool or config.load({}).spool)
-    segments, rows = replay(dsn, spool_dir, Metrics())
-    print(f"replayed {segments} segment(s), {rows} row(s) from {spool_dir}")
-    return 0
+    metrics = Metrics()
+    try:
+        segments, rows = replay(dsn, spool_dir, metrics)
+    except SpoolBusy as exc:
+        print(f"ingestd: {exc}: stop it first (a running server ships its own spool)", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - ClickHouse down or refusing: say so, keep the rest
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"ingestd: replay stopped: {text}; unshipped segments stay in {spool_dir}, run it again",
+              file=sys.stderr)
+        return 1
+    print(f"replayed {segments} segment(s), {rows} row(s) from {spool_dir}"
+          + (f"; {metrics.segments_quarantined} refused segment(s) moved to {spool_dir}/failed"
+             if metrics.segments_quarantined else ""))
+    return 1 if metrics.segments_quarantined else 0
 
 
 def cmd_events(args) -> int:

@@ -20,12 +20,17 @@ from .config import ConfigError, Settings, split_address
 from .http import CLOCK, ConnectionGate, HttpProtocol, Limits
 from .metrics import Metrics
 from .sink import Sink
-from .spool import Spool
+from .spool import Spool, SpoolBusy
 
 log = logging.getLogger("ingestd.server")
 
 TICK_SECONDS = 0.25  # clock, segment age and timeout checks; a segment is sealed at most this late
 LISTEN_BACKLOG = 4096
+CONNECTION_DRAIN_SECONDS = 2.0  # on shutdown, time for clients to receive replies already decided
+# Of --drain-timeout, kept back for closing ClickHouse, the interpreter's exit and a busy loop's
+# signal latency, so the process is gone within the timeout a supervisor was promised.
+EXIT_MARGIN_SECONDS = 1.0
+EXIT_MARGIN_FRACTION = 0.25
 
 
 def bind(address: str, reuse_port: bool = False) -> socket.socket:
@@ -81,19 +86,29 @@ class Server:
         self.spool.on_sealed = self.sink.notify
         self.limits = Limits(header_timeout=settings.header_timeout, idle_timeout=settings.idle_timeout)
         self.stopped = None
+        self.shutting_down = False
+        self.abandon_sink = False
         self.app: BeaconApp | None = None
         m = self.metrics
         m.gauges["ingestd_spool_bytes"] = lambda: self.spool.bytes_on_disk
-        m.gauges["ingestd_spool_segments"] = lambda: self.sink.backlog_segments
-        m.gauges["ingestd_clickhouse_connected"] = lambda: int(self.sink.connected.is_set())
+        m.gauges["ingestd_spool_segments"] = lambda: len(self.sink.pending())
+        m.gauges["ingestd_clickhouse_connected"] = lambda: int(self.sink.connected.is_set() and self.sink.healthy)
         m.gauges["ingestd_shipping_held"] = lambda: int(self.hold.is_set())
 
     def not_ready_reason(self) -> str | None:
-        """Why /readyz answers 503, or None."""
+        """Why /readyz answers 503, or None.
+
+        Not ready: shutting down; the spool over its cap (beacons get 503); or shipping the
+        leftovers of a previous process while more than READY_BACKLOG_SEGMENTS remain. A
+        ClickHouse outage alone does not make the process unready: beacons are still kept.
+        """
+        if self.shutting_down:
+            return "shutting down"
         if self.spool.over_cap:
-            return "spool over its cap: beacons are answered 503"
-        if self.sink.backlog_segments > READY_BACKLOG_SEGMENTS:
-            return f"replaying a backlog of {self.sink.backlog_segments} segments"
+            return (f"spool over its cap ({self.spool.bytes_on_disk} of {self.spool.max_bytes} bytes): "
+                    "beacons are answered 503")
+        if self.sink.replaying and self.sink.replay_left > READY_BACKLOG_SEGMENTS:
+            return f"replaying a backlog of {self.sink.replay_left} segments left by the previous process"
         return None
 
     async def run(self) -> None:
@@ -145,13 +160,17 @@ class Server:
                         self.metrics.connections_timed_out += 1
 
     async def _shutdown(self, beacon, admin, ticker) -> None:
-        """Stop accepting, answer in-flight requests, seal, ship within the drain timeout."""
-        log.info("shutting down: draining connections and the spool")
+        """Stop accepting, answer in-flight requests, seal, ship; all within --drain-timeout."""
+        timeout = self.settings.drain_timeout
+        deadline = time.monotonic() + timeout - min(EXIT_MARGIN_SECONDS, timeout * EXIT_MARGIN_FRACTION)
+        log.info("shutting down: draining connections and the spool (up to %.1fs)", self.settings.drain_timeout)
+        self.shutting_down = True
         beacon.close()
         for conn in list(self.app.connections):
             conn.shutdown()
-        deadline = time.monotonic() + min(2.0, self.settings.drain_timeout)
-        while self.app.connections and time.monotonic() < deadline:
+        # Requests already parsed are answered after their group commit, one loop iteration away.
+        connections_deadline = min(deadline, time.monotonic() + CONNECTION_DRAIN_SECONDS)
+        while self.app.connections and time.monotonic() < connections_deadline:
             await asyncio.sleep(0.02)
         self.app.accepting = False
         self.app.commit()
@@ -160,17 +179,23 @@ class Server:
         if not self.ship:
             log.info("shutdown complete: spool sealed for the owner process to ship")
             return
+        self.hold.clear()  # ship even if a benchmark held shipping: what is left waits for the next start
         loop = asyncio.get_running_loop()
-        drained = await loop.run_in_executor(None, self.sink.drain, self.settings.drain_timeout)
+        drained = await loop.run_in_executor(None, self.sink.drain, max(0.0, deadline - time.monotonic()))
         self.sink.stop()
-        await loop.run_in_executor(None, self.sink.join, 5.0)
+        await loop.run_in_executor(None, self.sink.join, max(0.05, deadline - time.monotonic()))
         if admin is not None:
             admin.close()
         left = len(self.sink.pending())
-        if drained:
+        if drained and not left:
             log.info("shutdown complete: spool shipped")
         else:
-            log.warning("shutdown: %d segments left in the spool for the next start", left)
+            log.warning("shutdown: %d segment(s) left in the spool for the next start", left)
+        if self.sink.is_alive():
+            # An insert still running at the deadline: its segment stays on disk and is shipped
+            # again (same dedup token) on the next start. Leave without waiting for it.
+            log.warning("shutdown: drain timeout reached during an insert; exiting without waiting")
+            self.abandon_sink = True
 
 
 def serve(settings: Settings, beacon_sock=None, admin_sock=None) -> int:
@@ -181,8 +206,20 @@ def serve(settings: Settings, beacon_sock=None, admin_sock=None) -> int:
     from .workers import leftover_spools
 
     own = Path(settings.spool)
-    server = Server(settings, beacon_sock, admin_sock, ship_directories=[own, *leftover_spools(own, keep=0)])
-    uvloop.run(server.run())
+    try:
+        server = Server(settings, beacon_sock, admin_sock, ship_directories=[own, *leftover_spools(own, keep=0)])
+    except SpoolBusy as exc:
+        log.error("%s", exc)
+        return 1
+    return run_until_stopped(server, server.run())
+
+
+def run_until_stopped(server: Server, main) -> int:
+    """Run `main` (server.run(), or a coroutine around it) on uvloop, then leave as the shutdown decided."""
+    uvloop.run(main)
+    if server.abandon_sink:
+        logging.shutdown()
+        os._exit(0)  # the interpreter's teardown would wait on (or crash under) the running insert
     return 0
 
 

@@ -4,7 +4,7 @@ Owns its own clickhouse-connect client (the chDB backend serialises calls per cl
 segment is one insert of its own bytes (JSONCompactEachRow) with insert_deduplication_token =
 segment name, so a replay after a crash is the same insert and ClickHouse drops the duplicate.
 A segment is deleted only after ClickHouse confirmed it; on a transient error it is retried with
-capped exponential backoff; one ClickHouse can never accept is quarantined, not deleted.
+capped exponential backoff; rows ClickHouse can never accept are set aside in failed/, not deleted.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from . import clickhouse
-from .spool import quarantine, recover, sealed_segments
+from .spool import QUARANTINE_DIR, lock_directory, quarantine, recover, sealed_segments
 
 log = logging.getLogger("ingestd.sink")
 
@@ -22,6 +22,8 @@ INCOMING_TABLE = "analytics.events_incoming"
 FORMAT = "JSONCompactEachRow"
 BACKOFF_FIRST = 0.2  # seconds
 BACKOFF_MAX = 30.0  # a ClickHouse restart takes seconds; retry at least twice a minute
+MAX_SPLIT_INSERTS = 64  # inserts spent finding the bad rows of a refused segment; the rest is set aside
+IDLE_POLL_SECONDS = 0.5  # look at the directory this often even without a wake-up (e.g. segments copied in)
 
 # ClickHouse error codes that will fail the same way on every retry: bad data or schema.
 PERMANENT_ERROR_CODES = {
@@ -47,13 +49,43 @@ def is_permanent(exc: BaseException) -> bool:
     return error_code(exc) in PERMANENT_ERROR_CODES
 
 
+def insert(client, data: bytes, token: str) -> None:
+    """One insert of spool rows as they are on disk; `token` makes a repeat of it a no-op."""
+    if data:
+        settings = dict(clickhouse.INSERT_SETTINGS, insert_deduplication_token=token)
+        client.raw_insert(INCOMING_TABLE, None, data, settings=settings, fmt=FORMAT)
+
+
 def ship_segment(client, path: Path) -> int:
     """Insert one segment; return its row count. Raises what ClickHouse raised."""
     data = path.read_bytes()
-    if data:
-        settings = dict(clickhouse.INSERT_SETTINGS, insert_deduplication_token=path.stem)
-        client.raw_insert(INCOMING_TABLE, None, data, settings=settings, fmt=FORMAT)
+    insert(client, data, path.stem)
     return data.count(b"\n")
+
+
+def ship_refused(client, rows: list[bytes], token: str, budget: list[int]) -> tuple[int, list[bytes]]:
+    """Insert what ClickHouse accepts of `rows` it refused as a whole: each half on its own, recursively.
+
+    Returns (rows inserted, rows refused). The halves' tokens derive from `token`, and the split is
+    the same every time, so shipping the segment again after a crash inserts nothing twice.
+    Transient errors propagate (the segment stays and is retried).
+    """
+    if len(rows) < 2 or budget[0] <= 0:
+        return 0, rows
+    middle = len(rows) // 2
+    shipped, refused = 0, []
+    for i, part in enumerate((rows[:middle], rows[middle:])):
+        budget[0] -= 1
+        try:
+            insert(client, b"".join(part), f"{token}.{i}")
+            shipped += len(part)
+        except Exception as exc:
+            if not is_permanent(exc):
+                raise
+            part_shipped, part_refused = ship_refused(client, part, f"{token}.{i}", budget)
+            shipped += part_shipped
+            refused += part_refused
+    return shipped, refused
 
 
 class Sink(threading.Thread):
@@ -68,14 +100,19 @@ class Sink(threading.Thread):
         self.release = release or (lambda size: None)
         self.migrate = migrate
         self.hold = hold  # while set, nothing is shipped (the benchmark's collector-only window)
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # a segment was sealed
+        self.retry_now = threading.Event()  # cut a backoff short (shutdown drain)
         self.stopping = threading.Event()
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # a client is open and migrated
+        self.healthy = False  # ... and the last attempt to use it succeeded
         self.client = None
         self.last_error: str | None = None
         self.backlog_segments = 0
-        self.backlog_bytes = 0
         self.last_shipped_at = 0.0
+        # The startup replay: segments a previous process left, shipped before any new one.
+        leftovers = self.pending()
+        self.replay_last = leftovers[-1].name if leftovers else ""
+        self.replay_left = len(leftovers)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def notify(self, path=None) -> None:
@@ -83,21 +120,37 @@ class Sink(threading.Thread):
         self.wake.set()
 
     def stop(self) -> None:
+        """Called on shutdown after `drain`: finish the current insert, then end the thread."""
         self.stopping.set()
         self.wake.set()
+        self.retry_now.set()
 
     def drain(self, timeout: float) -> bool:
-        """Wait until every sealed segment is shipped (or the timeout); True when nothing is left."""
+        """Ship every sealed segment within `timeout`; True when nothing is left.
+
+        Gives up early when an attempt made during the drain fails (ClickHouse down): the
+        segments stay in the spool for the next start, and the shutdown is not held up.
+        """
         deadline = time.monotonic() + timeout
+        failures = self.metrics.ship_failures
         self.wake.set()
+        self.retry_now.set()
         while time.monotonic() < deadline:
             if not self.pending():
                 return True
-            time.sleep(0.05)
+            if self.metrics.ship_failures > failures:
+                return False
+            time.sleep(0.02)
         return not self.pending()
 
     def pending(self) -> list[Path]:
-        return [p for d in self.directories for p in sealed_segments(d)]
+        """Sealed segments waiting, oldest first."""
+        return sorted((p for d in self.directories for p in sealed_segments(d)), key=lambda p: p.name)
+
+    @property
+    def replaying(self) -> bool:
+        """True while leftovers of a previous process are being shipped (ClickHouse is reachable)."""
+        return self.replay_left > 0 and self.connected.is_set()
 
     # -- the thread ---------------------------------------------------------------------------------
     def run(self) -> None:
@@ -109,19 +162,22 @@ class Sink(threading.Thread):
                 if self.hold is not None and self.hold.is_set():
                     self.wake.wait(0.1)
                     continue
+                self.wake.clear()  # before listing: a segment sealed from now on wakes the next pass
                 shipped = self.ship_pending()
+                self.healthy = True
                 backoff = BACKOFF_FIRST
                 if not shipped:
-                    self.wake.wait(0.5)
-                    self.wake.clear()
+                    self.wake.wait(IDLE_POLL_SECONDS)
             except Exception as exc:  # noqa: BLE001 - every failure is retried or quarantined below
                 self.metrics.ship_failures += 1
+                self.healthy = False
                 self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
                 log.warning("ClickHouse not reachable or insert failed (retry in %.1fs): %s",
                             backoff, self.last_error)
                 if self.client is not None and not self.connected.is_set():
                     self._close_client()
-                self.stopping.wait(backoff)
+                self.retry_now.wait(backoff)
+                self.retry_now.clear()
                 backoff = min(backoff * 2, BACKOFF_MAX)
         self._close_client()
 
@@ -135,6 +191,7 @@ class Sink(threading.Thread):
             raise
         self.client = client
         self.connected.set()
+        self.healthy = True
         self.last_error = None
         log.info("connected to ClickHouse %s", clickhouse.redact(self.dsn))
 
@@ -149,8 +206,9 @@ class Sink(threading.Thread):
 
     def ship_pending(self) -> int:
         """Ship what is sealed now, oldest first; return how many segments were shipped."""
-        segments = sorted(self.pending(), key=lambda p: p.name)
+        segments = self.pending()
         self.backlog_segments = len(segments)
+        self.replay_left = sum(1 for p in segments if p.name <= self.replay_last)
         shipped = 0
         for path in segments:
             if self.stopping.is_set():
@@ -160,25 +218,18 @@ class Sink(threading.Thread):
             self._ship_one(path)
             shipped += 1
             self.backlog_segments -= 1
+            if path.name <= self.replay_last:
+                self.replay_left -= 1
         return shipped
 
     def _ship_one(self, path: Path) -> None:
         size = path.stat().st_size
         started = time.monotonic()
-        try:
-            rows = ship_segment(self.client, path)
-        except Exception as exc:
-            if is_permanent(exc):
-                target = quarantine(path)
-                self.release(size)
-                self.metrics.segments_quarantined += 1
-                log.error("ClickHouse refused segment %s for good; moved to %s: %s", path.name, target,
-                          str(exc).splitlines()[0][:300])
-                return
-            raise
-        elapsed = time.monotonic() - started
-        path.unlink()
+        rows = ship_or_quarantine(self.client, path, self.metrics)
         self.release(size)
+        if rows is None:
+            return
+        elapsed = time.monotonic() - started
         m = self.metrics
         m.batches_shipped += 1
         m.rows_shipped += rows
@@ -190,26 +241,55 @@ class Sink(threading.Thread):
         log.debug("shipped %s: %d rows, %d bytes in %.3fs", path.name, rows, size, elapsed)
 
 
-def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[int, int]:
-    """Ship a spool directory without serving (`ingestd replay`); return (segments, rows)."""
-    recover(directory)
-    client = clickhouse.connect(dsn)
+def ship_or_quarantine(client, path: Path, metrics) -> int | None:
+    """Ship one segment and delete it; return the rows inserted (None: all refused).
+
+    Rows ClickHouse refuses for good (bad data) are found by splitting the segment and moved to
+    failed/NAME.seg, never deleted; the rest is inserted. Transient errors propagate and the segment
+    stays: shipping it again later is the same insert with the same token, so ClickHouse keeps one
+    copy whatever part of it had landed.
+    """
     try:
-        if migrate:
-            clickhouse.migrate(client)
-        segments = rows = 0
-        for path in sealed_segments(directory):
-            try:
-                rows += ship_segment(client, path)
-            except Exception as exc:
-                if not is_permanent(exc):
-                    raise
-                quarantine(path)
-                metrics.segments_quarantined += 1
-                log.error("segment %s refused for good, quarantined: %s", path.name, exc)
-                continue
+        inserted = ship_segment(client, path)
+    except Exception as exc:
+        if not is_permanent(exc):
+            raise
+        reason = str(exc).splitlines()[0][:300]
+        rows = path.read_bytes().splitlines(keepends=True)
+        shipped, refused = ship_refused(client, rows, path.stem, [MAX_SPLIT_INSERTS])
+        if shipped:
+            target = path.parent / QUARANTINE_DIR / path.name
+            target.parent.mkdir(exist_ok=True)
+            target.write_bytes(b"".join(refused))
             path.unlink()
-            segments += 1
-        return segments, rows
-    finally:
-        client.close()
+        else:
+            target = quarantine(path)
+        metrics.segments_quarantined += 1
+        log.error("ClickHouse refused segment %s for good: %d row(s) moved to %s, %d inserted: %s",
+                  path.name, len(refused), target, shipped, reason)
+        return shipped or None
+    path.unlink()
+    return inserted
+
+
+def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[int, int]:
+    """Ship a spool directory without serving (`ingestd replay`); return (segments, rows).
+
+    Refuses a directory a running server holds. Stops at the first transient error, leaving the
+    rest in place: running it again ships the rest, and re-ships nothing already confirmed.
+    """
+    with lock_directory(directory):
+        recover(directory)
+        client = clickhouse.connect(dsn)
+        try:
+            if migrate:
+                clickhouse.migrate(client)
+            segments = rows = 0
+            for path in sealed_segments(directory):
+                shipped = ship_or_quarantine(client, path, metrics)
+                if shipped is not None:
+                    segments += 1
+                    rows += shipped
+            return segments, rows
+        finally:
+            client.close()

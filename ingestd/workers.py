@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import __version__, sdnotify
 from .config import Settings
-from .spool import recover
+from .spool import SpoolBusy, acquire_lock, recover
 
 log = logging.getLogger("ingestd.workers")
 
@@ -49,16 +49,24 @@ METRICS_FILE = "metrics.json"
 
 def leftover_spools(root: Path, keep: int) -> list[Path]:
     """Spool directories no running process writes to: SPOOL/w<i> for i >= keep, and SPOOL itself when
-    keep > 0. Their open segments are sealed here so that a sink can ship them."""
+    keep > 0. Each is locked for this process (one another process holds is skipped) and its open
+    segments are sealed, so that a sink can ship them."""
     found = []
     if root.is_dir():
         found = sorted((p for p in root.iterdir() if (m := WORKER_DIR.match(p.name)) and int(m.group(1)) >= keep),
                        key=lambda p: int(p.name[1:]))
     if keep > 0:
         found.insert(0, root)
+    kept = []
     for directory in found:
+        try:
+            acquire_lock(directory)  # held until this process exits: nobody else writes or ships it
+        except SpoolBusy:
+            log.warning("spool directory %s is in use by another ingestd process: not shipping it", directory)
+            continue
         recover(directory)
-    return found
+        kept.append(directory)
+    return kept
 
 
 def worker_spool(root: Path, index: int) -> Path:
@@ -312,10 +320,8 @@ def _die_with(supervisor: int) -> None:
 
 def worker_main() -> int:
     """A worker process: the spec (settings, sockets, what to ship) arrives as JSON on stdin."""
-    import uvloop
-
     from . import config, logs
-    from .server import Server
+    from .server import Server, run_until_stopped
 
     spec = json.loads(sys.stdin.buffer.read())
     _die_with(spec["supervisor"])
@@ -324,14 +330,17 @@ def worker_main() -> int:
     beacon = socket.socket(fileno=spec["beacon_fd"])
     beacon.setblocking(False)
     admin = socket.socket(fileno=spec["admin_fd"]) if spec["admin_fd"] is not None else None
-    server = Server(settings, beacon, admin, ship_directories=[Path(p) for p in spec["ship"]],
-                    migrate=spec["migrate"])
+    try:
+        server = Server(settings, beacon, admin, ship_directories=[Path(p) for p in spec["ship"]],
+                        migrate=spec["migrate"])
+    except SpoolBusy as exc:  # the previous worker on this spool is still stopping: the supervisor retries
+        log.error("%s", exc)
+        return 1
     root = Path(settings.spool).parent
     if spec["index"] == 0:  # the owner's /metrics counts every worker
         server.metrics.peers = [functools.partial(read_snapshot, worker_spool(root, i) / METRICS_FILE)
                                 for i in range(1, settings.workers)]
-        uvloop.run(server.run())
-        return 0
+        return run_until_stopped(server, server.run())
 
     async def serve_and_publish():
         publisher = asyncio.get_running_loop().create_task(
@@ -341,8 +350,7 @@ def worker_main() -> int:
         finally:
             publisher.cancel()
 
-    uvloop.run(serve_and_publish())
-    return 0
+    return run_until_stopped(server, serve_and_publish())
 
 
 if __name__ == "__main__":
