@@ -73,7 +73,7 @@ async def supervise(server, ready_timeout: float) -> None:
         last_count, last_at = count, now
         if not shipping:
             state = "shipped by the owner process"
-        elif sink.connected.is_set():
+        elif sink.connected.is_set() and sink.healthy:
             state = "connected"
         else:
             state = "unreachable, spooling: " + (sink.last_error or "connecting")
