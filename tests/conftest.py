@@ -47,8 +47,8 @@ class Ingestd:
         self.port = self.admin_port = 0
 
     def start(self, timeout: float = 60.0, wait_clickhouse: bool = True) -> "Ingestd":
-        cmd = [*self.prefix, sys.executable, "-m", "ingestd", "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-               "--clickhouse", self.clickhouse, "--spool", str(self.spool), *self.args]
+        cmd = [*self.prefix, sys.executable, "-m", "ingestd", "serve", "--listen", "127.0.0.1:0",
+               "--admin", "127.0.0.1:0", "--clickhouse", self.clickhouse, "--spool", str(self.spool), *self.args]
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         env = {k: v for k, v in env.items() if not k.startswith("INGESTD_") or k in self.env}
         self.log_lines = []
