@@ -42,6 +42,8 @@ def cmd_serve(args) -> int:
         sys.stdout.write(orjson.dumps(settings.redacted(), option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     logs.setup(settings.log_level)
+    for name in config.unknown_environment():
+        log.warning("environment variable %s matches no setting: ignored", name)
     from . import server
 
     if settings.workers > 1:
@@ -56,10 +58,17 @@ def cmd_migrate(args) -> int:
     from . import clickhouse
 
     dsn = args.clickhouse or config.load({}).clickhouse
+    args.cluster = args.cluster or config.load({}).cluster  # a box configured for a cluster never migrates locally
     if args.cluster:
         from . import cluster
 
-        applied = cluster.migrate(dsn, args.cluster)
+        try:
+            if args.dry_run:
+                sys.stdout.write(cluster.render(args.cluster))
+                return 0
+            applied = cluster.migrate(dsn, args.cluster)
+        except cluster.ClusterSchemaError as exc:
+            raise SystemExit(f"ingestd: {exc}") from None
     else:
         client = clickhouse.connect(dsn)
         try:
@@ -174,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply schema/ to ClickHouse (idempotent)")
     p.add_argument("--clickhouse", help=f"DSN (env INGESTD_CLICKHOUSE; default {DEFAULT_DSN})")
     p.add_argument("--cluster", default="", help="create ReplicatedMergeTree + Distributed tables ON CLUSTER NAME")
+    p.add_argument("--dry-run", action="store_true", help="with --cluster: print the SQL instead of running it")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("query", help="run read-only SQL and print the result")

@@ -112,7 +112,10 @@ class Settings:
     segment_max_bytes: int = setting(8 << 20, _positive(_size), "seal a segment (one ClickHouse insert) at this size")
     segment_max_age_ms: int = setting(1000, _positive(int), "seal a segment at this age")
     drain_timeout: float = setting(10.0, _non_negative(float), "seconds to ship the spool on SIGTERM before exiting")
-    workers: int = setting(1, _positive(int), "beacon processes sharing the port (SO_REUSEPORT)")
+    workers: int = setting(1, _positive(int), "beacon processes sharing the port (SO_REUSEPORT); about one per core")
+    ready_timeout: float = setting(30.0, _non_negative(float),
+                                   "seconds to wait for ClickHouse (migrations) before telling systemd READY=1 "
+                                   "anyway; beacons are spooled meanwhile")
     max_connections: int = setting(10000, _positive(int), "open beacon connections before new ones are refused")
     rate_limit: float = setting(0.0, _rate, "per-IP requests/s (token bucket, burst = 2 s); 0 = off")
     trust_proxy: tuple = setting((), _networks, "CIDRs whose X-Forwarded-For/Forwarded is believed")
@@ -122,7 +125,8 @@ class Settings:
     idle_timeout: float = setting(30.0, _positive(float), "seconds an idle keep-alive connection is kept")
     log_level: str = setting("info", _choice("debug", "info", "warning", "error"), "log level (JSON lines on stderr)")
     hold_shipping: bool = setting(False, _bool, "start with shipping held (benchmarks); resume with POST /ship on admin")
-    cluster: str = setting("", str, "ClickHouse cluster name: insert into the Distributed table")
+    cluster: str = setting("", str, "ClickHouse cluster name: serve leaves the schema to `ingestd migrate --cluster` "
+                                    "and inserts into the local tables of the node the DSN names")
 
     @property
     def strict(self) -> bool:
@@ -148,11 +152,28 @@ class Settings:
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 
 
+def _reason(exc: Exception) -> str:
+    """A parse error in words: int('x') and float('x') explain themselves poorly."""
+    text = str(exc)
+    if text.startswith("invalid literal for int()"):
+        return "expected an integer"
+    if text.startswith("could not convert string to float"):
+        return "expected a number"
+    return text
+
+
 def _parse(name: str, value, source: str):
+    """Parse one value; the error names the key as the user wrote it (--flag, INGESTD_VAR or TOML key)."""
     try:
         return FIELDS[name].metadata["parse"](value)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{source}: {name.replace('_', '-')} = {value!r}: {exc}") from None
+        if source == "flag":
+            key = f"--{name.replace('_', '-')} {value!r}"
+        elif source == "environment":
+            key = f"{ENV_PREFIX}{name.upper()}={value!r}"
+        else:
+            key = f"{source}: {name} = {value!r}"
+        raise ConfigError(f"{key}: {_reason(exc)}") from None
 
 
 def load(flags: dict | None = None, environ: dict | None = None) -> Settings:
@@ -181,10 +202,21 @@ def load(flags: dict | None = None, environ: dict | None = None) -> Settings:
     values = {}
     for source, layer in ((config_path, from_file), ("environment", from_env), ("flag", flags)):
         for name, value in layer.items():
-            values[name] = _parse(name, value, f"{ENV_PREFIX}{name.upper()}" if source == "environment" else source)
+            values[name] = _parse(name, value, source)
     settings = Settings(**values)
     _check(settings)
     return settings
+
+
+# INGESTD_* variables that are not settings (read elsewhere on purpose).
+ENV_NOT_SETTINGS = frozenset({"INGESTD_SCHEMA_DIR"})
+
+
+def unknown_environment(environ: dict | None = None) -> list[str]:
+    """INGESTD_* variables that match no setting (a typo such as INGESTD_WORKER is ignored, and warned of)."""
+    environ = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in FIELDS} | ENV_NOT_SETTINGS
+    return sorted(key for key in environ if key.startswith(ENV_PREFIX) and key not in known)
 
 
 def _is_loopback(address: str) -> bool:

@@ -16,6 +16,7 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # tells --workers processes apart in one journal
             "msg": record.getMessage(),
         }
         for key in ("event", "config", "version", "suppressed"):

@@ -27,6 +27,10 @@ def render_histogram(name: str, help_text: str, bounds: tuple, buckets: Counter,
     return lines
 
 
+# Values that describe the service, not an amount: added up over --workers processes they take the max.
+NOT_SUMMED = frozenset({"ingestd_clickhouse_connected", "ingestd_shipping_held", "batch_rows_last"})
+
+
 class Metrics:
     """Counters of one process. Label values come from small fixed sets (statuses, types, reasons)."""
 
@@ -58,6 +62,32 @@ class Metrics:
         self.insert_seconds_count = 0
         self._batch_rows_last = 0
         self.gauges: dict[str, callable] = {}  # name -> function returning the current value
+        self.peers: list[callable] = []  # functions returning other processes' snapshots (--workers)
+
+    def snapshot(self) -> dict:
+        """Counters and current gauge values as plain data, for another process to add up."""
+        out: dict = {"gauges": {name: fn() for name, fn in self.gauges.items()}}
+        for name, value in vars(self).items():
+            if isinstance(value, Counter):
+                out[name] = {str(k): v for k, v in value.items()}
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[name] = value
+        return out
+
+    def add(self, snapshot: dict) -> None:
+        """Add another process's snapshot: counters and gauges sum, except the per-service states."""
+        for name, value in snapshot.items():
+            if name == "gauges":
+                for gauge, number in value.items():
+                    mine = self.gauges[gauge]() if gauge in self.gauges else 0
+                    total = max(mine, number) if gauge in NOT_SUMMED else mine + number
+                    self.gauges[gauge] = lambda total=total: total
+            elif isinstance(value, dict):
+                getattr(self, name).update(value)  # Counter.update adds
+            elif name in NOT_SUMMED:
+                setattr(self, name, max(getattr(self, name), value))
+            elif isinstance(getattr(self, name, None), (int, float)):
+                setattr(self, name, getattr(self, name) + value)
 
     # The sink assigns these two per shipment; the setters also feed the histograms, so the sink
     # need not know about them.
@@ -82,6 +112,11 @@ class Metrics:
         self._insert_seconds_sum = total
 
     def render(self) -> str:
+        if self.peers:  # the owner of --workers: this process plus every other worker
+            total = Metrics()
+            for snapshot in (self.snapshot(), *(peer() for peer in self.peers)):
+                total.add(snapshot)
+            return total.render()
         lines = []
 
         def counter(name, help_text, values, label=None):

@@ -16,7 +16,7 @@ from . import __version__, clickhouse, clientip, ratelimit, sdnotify
 from .admin import READY_BACKLOG_SEGMENTS
 from .admin import start as start_admin
 from .beacon import BeaconApp
-from .config import Settings, split_address
+from .config import ConfigError, Settings, split_address
 from .http import CLOCK, ConnectionGate, HttpProtocol, Limits
 from .metrics import Metrics
 from .sink import Sink
@@ -41,7 +41,11 @@ def bind(address: str, reuse_port: bool = False) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:  # a busy port or a foreign address: one line at start, not a traceback
+        sock.close()
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror}") from None
     sock.listen(LISTEN_BACKLOG)
     sock.setblocking(False)
     return sock
@@ -50,7 +54,10 @@ def bind(address: str, reuse_port: bool = False) -> socket.socket:
 class Server:
     """One ingestd process: the beacon listener, the admin listener, the spool and its sink."""
 
-    def __init__(self, settings: Settings, beacon_sock: socket.socket, admin_sock: socket.socket | None):
+    def __init__(self, settings: Settings, beacon_sock: socket.socket, admin_sock: socket.socket | None,
+                 *, ship_directories: list[Path] | None = None, migrate: bool | None = None):
+        """ship_directories: the spools this process's sink ships (default: its own; [] under --workers
+        when an owner process ships this one); migrate: whether the sink migrates ClickHouse first."""
         self.settings = settings
         self.beacon_sock = beacon_sock
         self.admin_sock = admin_sock
@@ -65,8 +72,17 @@ class Server:
             max_bytes=settings.spool_max_bytes,
             fsync_interval=settings.fsync_interval_ms / 1000 if settings.fsync == "interval" else None,
         )
-        self.sink = Sink(settings.clickhouse, [Path(settings.spool)], self.metrics,
-                         release=self.spool.release, hold=self.hold)
+        if ship_directories is None:
+            ship_directories = [Path(settings.spool)]
+        self.ship = bool(ship_directories)
+        # the sink's release() keeps the spool's byte count exact only when it ships this spool alone;
+        # otherwise (--workers, leftovers) the count is re-read from disk every second
+        self.recount_spool = ship_directories != [Path(settings.spool)]
+        if migrate is None:
+            migrate = not settings.cluster  # a cluster's schema is `ingestd migrate --cluster`'s job
+        self.sink = Sink(settings.clickhouse, ship_directories, self.metrics,
+                         release=None if self.recount_spool else self.spool.release, hold=self.hold,
+                         migrate=migrate)
         self.spool.on_sealed = self.sink.notify
         self.limits = Limits(header_timeout=settings.header_timeout, idle_timeout=settings.idle_timeout)
         self.stopped = None
@@ -109,7 +125,8 @@ class Server:
         admin = None
         if self.admin_sock is not None:
             admin, _ = await start_admin(self, loop, self.admin_sock, Limits(max_body=1 << 20))
-        self.sink.start()
+        if self.ship:
+            self.sink.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         ticker = loop.create_task(self._tick())
@@ -117,9 +134,10 @@ class Server:
                  "%s:%d" % self.beacon_sock.getsockname()[:2],
                  "%s:%d" % self.admin_sock.getsockname()[:2] if self.admin_sock else "-",
                  extra={"version": __version__, "config": self.settings.redacted()})
-        sdnotify.notify("READY=1")
+        notifier = loop.create_task(sdnotify.supervise(self, self.settings.ready_timeout))
         await self.stopped.wait()
         sdnotify.notify("STOPPING=1")
+        notifier.cancel()
         await self._shutdown(beacon, admin, ticker)
 
     async def _tick(self) -> None:
@@ -135,6 +153,8 @@ class Server:
             now = time.monotonic()
             if now - last_sweep >= 1.0:
                 last_sweep = now
+                if self.recount_spool:
+                    self.spool.resync()
                 for conn in list(self.app.connections):
                     if conn.check_timeout(now):
                         self.metrics.connections_timed_out += 1
@@ -156,6 +176,9 @@ class Server:
         self.app.commit()
         ticker.cancel()
         self.spool.close()
+        if not self.ship:
+            log.info("shutdown complete: spool sealed for the owner process to ship")
+            return
         self.hold.clear()  # ship even if a benchmark held shipping: what is left waits for the next start
         loop = asyncio.get_running_loop()
         drained = await loop.run_in_executor(None, self.sink.drain, max(0.0, deadline - time.monotonic()))
@@ -180,12 +203,20 @@ def serve(settings: Settings, beacon_sock=None, admin_sock=None) -> int:
     beacon_sock = beacon_sock or bind(settings.listen, reuse_port=settings.workers > 1)
     if admin_sock is None and settings.admin:
         admin_sock = bind(settings.admin)
+    from .workers import leftover_spools
+
+    own = Path(settings.spool)
     try:
-        server = Server(settings, beacon_sock, admin_sock)
+        server = Server(settings, beacon_sock, admin_sock, ship_directories=[own, *leftover_spools(own, keep=0)])
     except SpoolBusy as exc:
         log.error("%s", exc)
         return 1
-    uvloop.run(server.run())
+    return run_until_stopped(server, server.run())
+
+
+def run_until_stopped(server: Server, main) -> int:
+    """Run `main` (server.run(), or a coroutine around it) on uvloop, then leave as the shutdown decided."""
+    uvloop.run(main)
     if server.abandon_sink:
         logging.shutdown()
         os._exit(0)  # the interpreter's teardown would wait on (or crash under) the running insert

@@ -320,6 +320,17 @@ class Spool:
         with self._bytes_lock:
             self._bytes = max(0, self._bytes - size)
 
+    def resync(self) -> None:
+        """Recount the bytes on disk; called on the loop when another process ships this directory."""
+        total = self._size
+        for path in [*self._unsealed, *sealed_segments(self.directory)]:
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:  # shipped while we counted
+                pass
+        with self._bytes_lock:
+            self._bytes = total
+
     @property
     def bytes_on_disk(self) -> int:
         return self._bytes

@@ -35,8 +35,9 @@ class Ingestd:
     """An `ingestd serve` child process; ports are read back from its start log line."""
 
     def __init__(self, tmp: Path, *args: str, clickhouse: str | None = None, spool: Path | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, prefix: list[str] | None = None):
         self.tmp = Path(tmp)
+        self.prefix = list(prefix or [])  # a command the server runs under (e.g. a sandbox)
         self.clickhouse = clickhouse or f"chdb://{self.tmp / 'ch'}"
         self.spool = Path(spool or self.tmp / "spool")
         self.args = list(args)
@@ -46,8 +47,8 @@ class Ingestd:
         self.port = self.admin_port = 0
 
     def start(self, timeout: float = 60.0, wait_clickhouse: bool = True) -> "Ingestd":
-        cmd = [sys.executable, "-m", "ingestd", "serve", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-               "--clickhouse", self.clickhouse, "--spool", str(self.spool), *self.args]
+        cmd = [*self.prefix, sys.executable, "-m", "ingestd", "serve", "--listen", "127.0.0.1:0",
+               "--admin", "127.0.0.1:0", "--clickhouse", self.clickhouse, "--spool", str(self.spool), *self.args]
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         env = {k: v for k, v in env.items() if not k.startswith("INGESTD_") or k in self.env}
         self.log_lines = []
