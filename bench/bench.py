@@ -9,7 +9,7 @@ Runs (server pinned to SERVER_CPU, wrk to WRK_CPU, one wrk thread, the corpus of
   rss          (RSS_SECONDS, default 60; 0 skips) e2e for that long: RSS at the end within 10 % of RSS at 20 s
 Prints one table and appends it, with date and git commit, to bench/RESULTS.md.
 
-Knobs (environment): DURATION (20 s), CONNECTIONS (64), WARMUP (3 s), RSS_SECONDS (60), REQUESTS
+Knobs (environment): DURATION (20 s), CONNECTIONS (64), WARMUP (3 s), RSS_SECONDS (60), SERVER_ARGS, REQUESTS
 (corpus size, 20000), SEED (1), TAIL (1 s of preflights closing each run, see corpus.lua),
 ONLY (comma list of runs, e.g. ONLY=nginx,collector), FORMS (get, json or text: one part of the corpus),
 RESULTS (file to append to; '-' for none),
@@ -59,6 +59,7 @@ TAIL = knob("TAIL", 1.0, float)
 ONLY = [s for s in os.environ.get("ONLY", "nginx,nginx-log,collector,e2e,rss").split(",") if s]
 RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
 NOTE = os.environ.get("NOTE", "")
+SERVER_ARGS = os.environ.get("SERVER_ARGS", "").split()  # extra `ingestd serve` flags, for A/B of settings
 FORMS = os.environ.get("FORMS", "all")  # all, or get / json / text: one part of the corpus (see micro.py)
 
 
@@ -332,7 +333,7 @@ class Ingestd:
                "--listen", f"127.0.0.1:{self.port}", "--admin", f"127.0.0.1:{self.admin_port}",
                "--clickhouse", f"chdb://{self.dir / 'ch'}", "--spool", str(self.dir / "spool"),
                # the held collector run spools ~1 GB per 20 s: keep the 503 backpressure out of the way
-               "--spool-max-bytes", "32G", *extra]
+               "--spool-max-bytes", "32G", *extra, *SERVER_ARGS]
         env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
         env["PYTHONPATH"] = str(REPO)
         self.log_path = self.dir / "ingestd.log"
