@@ -19,7 +19,6 @@ log = logging.getLogger("ingestd.beacon")
 BEACON_PATHS = (b"/api_v3/index.php", b"/collect")
 RETRY_AFTER_SECONDS = 5
 KS_CACHE_ENTRIES = 10_000  # decoded ks values kept (~1 KiB each); cleared when full
-VIEW_EVENT_TYPE = 99
 
 _CORS_PREFLIGHT = Response(
     204,

@@ -31,10 +31,6 @@ def chdb_path(dsn: str) -> Path | None:
     return None
 
 
-def is_embedded(dsn: str) -> bool:
-    return dsn.startswith("chdb://")
-
-
 # The embedded engine's allocator (jemalloc, read when chDB loads): two arenas and freed pages
 # returned at once. Measured with `make bench`: peak RSS after shipping a 150k-row backlog 740 -> 513
 # MiB at the same ingest rate (tcache:false also saves memory but halves the rate). A value already

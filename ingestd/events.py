@@ -171,8 +171,6 @@ def _build_registry() -> dict[int, EventType]:
 REGISTRY: dict[int, EventType] = _build_registry()
 # bytes keys for the hot path, which never decodes a parameter name unless it is escaped
 _REGISTRY_BY_RAW: dict[bytes, EventType] = {str(k).encode(): v for k, v in REGISTRY.items()}
-INT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "int")
-FLOAT_FIELDS = frozenset(n for n, (_, t) in FIELDS.items() if t == "float")
 # numeric fields checked generically; eventType and partnerId have their own rules in validate()
 _NUMERIC_RAW = {n.encode(): (n, t) for n, (_, t) in FIELDS.items()
                 if t != "str" and n not in ("eventType", "partnerId")}

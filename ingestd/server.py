@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvloop
 
-from . import __version__, clickhouse, clientip, ratelimit, sdnotify
+from . import __version__, clientip, ratelimit, sdnotify
 from .admin import READY_BACKLOG_SEGMENTS
 from .admin import start as start_admin
 from .beacon import BeaconApp
@@ -221,15 +221,3 @@ def run_until_stopped(server: Server, main) -> int:
         logging.shutdown()
         os._exit(0)  # the interpreter's teardown would wait on (or crash under) the running insert
     return 0
-
-
-def migrate_only(dsn: str, cluster: str = "") -> list[str]:
-    client = clickhouse.connect(dsn)
-    try:
-        return clickhouse.migrate(client)
-    finally:
-        client.close()
-
-
-def pid() -> int:
-    return os.getpid()
