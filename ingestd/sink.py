@@ -190,6 +190,8 @@ class Sink(threading.Thread):
         except Exception:
             client.close()
             raise
+        if clickhouse.chdb_path(self.dsn) is not None:  # the engine is started: drop its start-up pages
+            log.debug("released %d MiB of start-up library pages", clickhouse.release_startup_pages() >> 20)
         self.client = client
         self.connected.set()
         self.healthy = True
