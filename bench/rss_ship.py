@@ -5,7 +5,8 @@ peaks on, without its load phase (run that once, keep the spool, ship copies of 
     python bench/rss_ship.py ship DIR [NAME=JSON ...]   # per variant: a fresh ingestd replays a copy of DIR
 
 A variant is a name and a JSON object of insert settings laid over clickhouse.INSERT_SETTINGS
-(`{}`: the settings as committed), optionally with "env" (environment for the server process, e.g.
+(`{}`: the settings as committed), optionally with "engine" (server settings for the embedded
+engine, passed as chDB connection options), "sql" (statements run after the migrations), "env" (environment for the server process, e.g.
 JE_MALLOC_CONF) and "args" (extra `serve` flags). Each variant's server is pinned to CPU 0 like the
 collector run, starts on an empty embedded ClickHouse, replays the copy and is stopped once the spool
 is empty. Prints per variant: VmHWM (the peak the issue counts), the highest RssAnon and RssFile seen
@@ -32,8 +33,23 @@ import bench  # noqa: E402  (the same process accounting, wrk runner and server 
 
 # `ingestd serve` with the variant's insert settings laid over the committed ones
 LAUNCH = ("import json, sys\n"
+          "import clickhouse_connect\n"
           "from ingestd import cli, clickhouse\n"
-          "clickhouse.INSERT_SETTINGS.update(json.loads(sys.argv[1]))\n"
+          "variant = json.loads(sys.argv[1])\n"
+          "engine = variant.pop('engine', None)\n"
+          "if engine:  # server settings of the embedded engine, e.g. background_pool_size\n"
+          "    get_client = clickhouse_connect.get_client\n"
+          "    clickhouse_connect.get_client = lambda **kw: get_client(chdb_options=engine, **kw)\n"
+          "statements = variant.pop('sql', [])\n"
+          "if statements:  # run after the migrations, e.g. SYSTEM STOP MERGES (to see what merges cost)\n"
+          "    migrate = clickhouse.migrate\n"
+          "    def migrate_then(client, *a):\n"
+          "        done = migrate(client, *a)\n"
+          "        for sql in statements:\n"
+          "            client.command(sql)\n"
+          "        return done\n"
+          "    clickhouse.migrate = migrate_then\n"
+          "clickhouse.INSERT_SETTINGS.update(variant)\n"
           "sys.exit(cli.main(sys.argv[2:]))\n")
 
 
@@ -60,6 +76,7 @@ def make_backlog(out: Path, seconds: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+TRACE = os.environ.get("RSS_TRACE")  # debugging: append "time anon-MiB file-MiB" every 0.1 s
 SMAPS = os.environ.get("RSS_SMAPS")  # debugging: keep /proc/PID/smaps from the moment RssFile peaked
 
 
@@ -78,6 +95,9 @@ class Sampler(threading.Thread):
                 except OSError:
                     pass
             self.file = max(self.file, file)
+            if TRACE:
+                with open(TRACE, "a") as f:
+                    f.write(f"{time.monotonic():.2f} {bench.status_kib([self.pid], 'RssAnon') // 1024} {file:.0f}\n")
 
 
 def ship(backlog: Path, name: str, variant: dict) -> dict:
