@@ -11,7 +11,8 @@ JE_MALLOC_CONF) and "args" (extra `serve` flags). Each variant's server is pinne
 collector run, starts on an empty embedded ClickHouse, replays the copy and is stopped once the spool
 is empty. Prints per variant: VmHWM (the peak the issue counts), the highest RssAnon and RssFile seen
 (sampled every 0.1 s), rows shipped, the insert seconds and rows/s (ingestd_insert_seconds_sum: the
-sink's own time, not startup), and analytics.events row count as a check.
+sink's own time, not startup), the server's CPU seconds (start-up included; less sensitive than
+rows/s to others using the machine), and analytics.events row count as a check.
 Heavy: wrap it in `flock /tmp/ingestd-bench.lock`.
 """
 from __future__ import annotations
@@ -127,13 +128,14 @@ def ship(backlog: Path, name: str, variant: dict) -> dict:
                                    and m.get("ingestd_rows_shipped_total", 0) > 0, 600, "the backlog shipped")
             wall = time.monotonic() - started
             hwm = server.peak_rss_mib()
+            cpu = bench.cpu_seconds([server.proc.pid])  # start-up included: the same for every variant
             events = int(server.query("SELECT count() AS n FROM analytics.events")[0]["n"])
         finally:
             sampler.stop_event.set()
             server.stop()
         rows, secs = m["ingestd_rows_shipped_total"], m["ingestd_insert_seconds_sum"]
         return dict(name=name, hwm=hwm, anon=sampler.anon, file=sampler.file, rows=int(rows), insert_s=secs,
-                    rate=rows / secs, wall=wall, events=events)
+                    rate=rows / secs, wall=wall, events=events, cpu=cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -145,12 +147,12 @@ def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "ship":
         backlog = Path(argv[1]).resolve()
         variants = [a.split("=", 1) for a in argv[2:]] or [["committed", "{}"]]
-        print("| variant | peak RSS (VmHWM) MiB | max anon MiB | max file MiB | rows | insert s | rows/s |")
-        print("|---|---|---|---|---|---|---|")
+        print("| variant | peak RSS (VmHWM) MiB | max anon MiB | max file MiB | rows | insert s | rows/s | CPU s |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, text in variants:
             r = ship(backlog, name, json.loads(text))
             print(f"| {r['name']} | {r['hwm']:.0f} | {r['anon']:.0f} | {r['file']:.0f} | {r['rows']:,} "
-                  f"(events {r['events']:,}) | {r['insert_s']:.1f} | {r['rate']:,.0f} |", flush=True)
+                  f"(events {r['events']:,}) | {r['insert_s']:.1f} | {r['rate']:,.0f} | {r['cpu']:.1f} |", flush=True)
         return 0
     print(__doc__, file=sys.stderr)
     return 2
