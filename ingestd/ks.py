@@ -107,6 +107,17 @@ def strip_from_query(query: bytes, mask: bytes = b"") -> bytes:
     return _mask_echoes(b"&".join(kept), values)
 
 
+def cut_pair(query: bytes, parts: list[bytes], index: int) -> tuple[bytes, bytes]:
+    """(the query without its pair number `index`, that pair's value), given the query split into
+    [name, value, name, value, …] with exactly one ks pair (events.check_query's fast path):
+    the pair is cut by its offset, with no search for escaped spellings of the name."""
+    value = parts[2 * index + 1]
+    start = sum(map(len, parts[:2 * index])) + 2 * index  # each earlier pair's '=' and '&'
+    end = start + len(parts[2 * index]) + 1 + len(value)
+    out = query[end + 1:] if index == 0 else query[:start - 1] + query[end:]
+    return _mask_echoes(out, [value]), value
+
+
 def _mask_echoes(out: bytes, values: list[bytes]) -> bytes:
     """`out` with the ks values masked wherever else they appear."""
     # Echoes are rare: look for one only when a ks prefix recurs (or is escaped, so it cannot be probed).
