@@ -42,6 +42,7 @@ _SHUTTING_DOWN = Response(
 _JSON = b"application/json"
 _NO_BODY: dict = {}  # shared by every row without a JSON body: never mutated
 _NO_KS: dict = {}
+_SAME_IP: dict = {}  # no ClientIP: nothing known, every address is stored as it is
 # Bodies read as a query string; no Content-Type at all is read the same way.
 _TEXT_TYPES = frozenset({b"", b"text/plain", b"application/x-www-form-urlencoded"})
 
@@ -53,10 +54,14 @@ class BeaconApp:
 
     def __init__(self, spool, metrics, loop, *, strict: bool = False, client_ip=None, rate_limit=None):
         self.spool = spool
+        self._pending_rows = spool.pending  # Spool.append without the call
         self.metrics = metrics
         self.loop = loop
         self.strict = strict
-        self.client_ip = client_ip or (lambda request: request.peer)
+        # client_ip: a clientip.ClientIP, or None to store the peer address as it is
+        self.ips = client_ip
+        self.client_ip = client_ip.stored if client_ip is not None else (lambda request: request.peer)
+        self._ip_by_peer = client_ip.by_peer if client_ip is not None else _SAME_IP
         self.rate_limit = rate_limit  # None, or request -> None (allowed) | the 429 Response (ingestd.ratelimit)
         self.connections: set = set()
         self.accepting = True
@@ -69,6 +74,8 @@ class BeaconApp:
     # -- replies that change once a second ----------------------------------------------------------
     def refresh(self) -> None:
         """Called on the clock tick: rebuild the 200 replies, whose body is the server's Unix time."""
+        if self.ips is not None:
+            self.ips.tick()
         now = CLOCK.seconds
         self._ok = (
             Response(200, b"%d" % now),
@@ -118,18 +125,25 @@ class BeaconApp:
         return _NOT_ALLOWED
 
     def _post(self, request):
-        content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        body = request.body.strip()
+        content_type = request.headers.get(b"content-type", b"")
+        if content_type != _JSON:  # the player's exact spelling needs no parsing
+            content_type = content_type.split(b";", 1)[0].strip().lower()
+        body = request.body
         # sendBeacon and some players post JSON as text/plain (no preflight): a query string never
         # starts with '{', so the body decides.
-        if content_type == b"application/json" or (content_type in _TEXT_TYPES and body[:1] == b"{"):
+        if content_type == _JSON or (content_type in _TEXT_TYPES and body.lstrip()[:1] == b"{"):
             try:
-                obj = orjson.loads(body) if body else {}
-            except orjson.JSONDecodeError as exc:
-                return self._reject(request, request.query, Rejection("bad_request", f"body is not JSON: {exc}"))
-            if not isinstance(obj, dict):
+                obj = orjson.loads(body)  # JSON's own whitespace around it is fine
+            except orjson.JSONDecodeError:
+                body = body.strip()  # bytes.strip() also takes \v and \f, which JSON does not
+                try:
+                    obj = orjson.loads(body) if body else {}
+                except orjson.JSONDecodeError as exc:
+                    return self._reject(request, request.query, Rejection("bad_request", f"body is not JSON: {exc}"))
+            if type(obj) is not dict:
                 return self._reject(request, request.query, Rejection("bad_request", "body is not a JSON object"))
             return self._beacon(request, request.query, obj, 1)
+        body = body.strip()
         if content_type not in _TEXT_TYPES:
             shown = content_type.decode("latin-1")[:60]
             return self._reject(request, request.query, Rejection(
@@ -185,16 +199,17 @@ class BeaconApp:
                     self._ks_seen.clear()
                 plain = form_decode(raw_ks) if type(raw_ks) is bytes else raw_ks.encode()
                 ks_info = self._ks_seen[raw_ks] = ks_codec.describe(plain)
+        ip = self._ip_by_peer.get(request.peer)  # ClientIP.stored() without the call, for a known peer
+        if ip is None:
+            ip = self.client_ip(request)
         row = (
-            "e", int(request.received_at * 1000), self.client_ip(request),
+            "e", int(request.received_at * 1000), ip,
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
             query.decode("utf-8", "replace"), body_map, missing, ks_info, "", "", "",
         )
         # orjson.loads() refuses lone surrogates, so every text in the row can be encoded
-        line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
-        self.spool.append(line)
-        type_id = event_type.id
-        self.metrics.events_accepted[type_id] += 1
+        self._pending_rows.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        self.metrics.events_accepted[event_type.id] += 1
         if variant == 1 and self.spool.over_soft_cap:
             variant = 2  # shed load: JSON players stop their 10-second VIEW beacons
             self.metrics.view_events_disabled += 1

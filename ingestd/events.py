@@ -466,29 +466,33 @@ _OWN_RULES = frozenset({"eventType", "partnerId", "entryId"})  # checked first, 
 
 
 def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
-    """(event type, picker, pattern, missing, ks index) for query strings of this shape and type.
+    """(event type, numbers, pattern, texts, missing, ks index) for query strings of this shape and type.
 
-    The picked values joined with '&' must match the pattern: each value is checked by its own
-    part of it (a value never holds '&' or '=': check_query() split on them)."""
+    `numbers` picks the values the pattern checks, joined with '&' (a value never holds '&' or '=':
+    check_query() split on them); `texts` picks the required values that must not be empty."""
     if "partnerId" not in at or (api and ("service" not in at or "action" not in at)):
         return None
     required = event_type.required
     checks = [("partnerId", _DIGITS)]
     if api:
         checks += [("service", b"analytics"), ("action", b"trackEvent")]
-    if event_type.id not in APPLICATION_EVENT_TYPES:
-        if "entryId" not in at:
-            return None
-        checks.append(("entryId", _NON_EMPTY))
     for name in sorted(_NUMERIC_FIELDS & at.keys()):
         number = _DIGITS if name in _INT_FIELDS else _DECIMAL
         # an empty required field is missing, which validate() reports (in order): not fast
         checks.append((name, number if name in required else b"(?:" + number + b")?"))
-    for name in sorted((required & at.keys()) - _NUMERIC_FIELDS - _OWN_RULES):
-        checks.append((name, _NON_EMPTY))
-    pattern = re.compile(b"&".join(check for _, check in checks))
-    missing = tuple(name for name in sorted(required) if name not in at)
-    return event_type, _picker([at[name] for name, _ in checks]), pattern, missing, at.get("ks")
+    texts = (required & at.keys()) - _NUMERIC_FIELDS - {"eventType", "partnerId"}
+    if event_type.id not in APPLICATION_EVENT_TYPES:
+        if "entryId" not in at:
+            return None
+        texts.add("entryId")
+    return (
+        event_type,
+        _picker([at[name] for name, _ in checks]),
+        re.compile(b"&".join(check for _, check in checks)),
+        _picker([at[name] for name in sorted(texts)]),
+        tuple(name for name in sorted(required) if name not in at),
+        at.get("ks"),
+    )
 
 
 def _json_rule(at: dict, event_type: EventType) -> tuple | None:
@@ -512,8 +516,18 @@ def _json_rule(at: dict, event_type: EventType) -> tuple | None:
     )
 
 
-_SHAPES: dict[bytes, dict | None] = {}  # query names joined -> _plan() of them
-_QUERY_RULES: dict[tuple, tuple | None] = {}  # (shape, raw eventType, api) -> _query_rule()
+class _Shape:
+    """The query strings with one list of names: where eventType is, and a rule per type seen."""
+
+    __slots__ = ("at", "event_type", "rules")
+
+    def __init__(self, at: dict):
+        self.at = at
+        self.event_type = at["eventType"]
+        self.rules: dict[bytes, tuple | None] = {}  # raw eventType -> _query_rule()
+
+
+_SHAPES: tuple[dict, dict] = ({}, {})  # [api] names joined with '&' -> _Shape, or None (validate() decides)
 _JSON_RULES: dict[tuple, tuple | None] = {}  # (keys, eventType) -> _json_rule()
 
 
@@ -524,7 +538,12 @@ def _cache(cache: dict, key, value):
     return value
 
 
-def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, list[str], int | None, list] | None:
+def _shape(names: list[bytes]) -> _Shape | None:
+    at = _plan(names)
+    return _Shape(at) if at is not None and "eventType" in at else None
+
+
+def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple, int | None, list] | None:
     """(event type, missing required names, the index of the ks pair or None, the split query) of a
     valid form-encoded beacon, or None when the fast path cannot tell (then validate() decides).
     The split query is [name, value, name, value, …] (see ks.cut_pair)."""
@@ -534,27 +553,27 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, list[
     if count & 1 or query.translate(None, _SEPARATORS_ONLY) != _ALTERNATING[:count - 1]:
         return None
     names = parts[::2]
-    shape = b"&".join(names)
-    values = parts[1::2]
-    at = _SHAPES.get(shape, False)
-    if at is False:
-        at = _cache(_SHAPES, shape, _plan(names))
-    if at is None or "eventType" not in at:
+    key = b"&".join(names)
+    shapes = _SHAPES[api]
+    shape = shapes.get(key, False)
+    if shape is False:
+        shape = _cache(shapes, key, _shape(names))
+    if shape is None:
         return None
-    raw_type = values[at["eventType"]]
-    key = (shape, raw_type, api)
-    rule = _QUERY_RULES.get(key, False)
+    values = parts[1::2]
+    raw_type = values[shape.event_type]
+    rule = shape.rules.get(raw_type, False)
     if rule is False:
         event_type = _REGISTRY_BY_RAW.get(raw_type)
         if event_type is None:
             return None  # not cached: any bytes could come here
-        rule = _cache(_QUERY_RULES, key, _query_rule(at, event_type, api))
+        rule = shape.rules[raw_type] = _query_rule(shape.at, event_type, api)
     if rule is None:
         return None
-    event_type, picker, pattern, missing, ks = rule
-    if pattern.fullmatch(b"&".join(picker(values))) is None or (missing and strict):
+    event_type, numbers, pattern, texts, missing, ks = rule
+    if pattern.fullmatch(b"&".join(numbers(values))) is None or b"" in texts(values) or (missing and strict):
         return None
-    return event_type, list(missing), ks, parts
+    return event_type, missing, ks, parts
 
 
 _INT_ONLY = frozenset({int})
@@ -591,6 +610,6 @@ def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventT
     if missing and strict:
         return None
     if not has_ks:
-        return event_type, list(missing), None
+        return event_type, missing, None
     ks = obj["ks"]
-    return (event_type, list(missing), ks) if type(ks) is str else None
+    return (event_type, missing, ks) if type(ks) is str else None
