@@ -577,6 +577,7 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
 
 
 _INT_ONLY = frozenset({int})
+_STR_ONLY = frozenset({str})
 _NUMBER_TYPES = frozenset({int, float})  # JSON numbers are finite: orjson refuses 1e400
 
 
@@ -604,9 +605,9 @@ def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventT
         return None  # a bool, a string or a float where an integer goes (or out of range)
     if not set(map(type, floats(obj))) <= _NUMBER_TYPES:
         return None  # an empty optional number (null, "") is not bad, but validate() tells
-    for value in texts(obj):
-        if type(value) is not str or not value:
-            return None
+    values = texts(obj)
+    if "" in values or not set(map(type, values)) <= _STR_ONLY:
+        return None  # a required text that is empty, or not a string (validate() tells which)
     if missing and strict:
         return None
     if not has_ks:

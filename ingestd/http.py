@@ -422,7 +422,11 @@ class HttpProtocol(asyncio.Protocol):
                 if transport is None or transport.is_closing():
                     return
                 outbox.clear()
-                transport.write(render(reply, True))
+                wire = reply.wire  # render()'s cache, read here to save a call per reply
+                if wire is not None and wire[0] is CLOCK.date_header and wire[1] is not None:
+                    transport.write(wire[1])
+                else:
+                    transport.write(render(reply, True))
                 if self.paused:
                     self._update_reading()
                 return

@@ -115,7 +115,10 @@ def cut_pair(query: bytes, parts: list[bytes], index: int) -> tuple[bytes, bytes
     start = sum(map(len, parts[:2 * index])) + 2 * index  # each earlier pair's '=' and '&'
     end = start + len(parts[2 * index]) + 1 + len(value)
     out = query[end + 1:] if index == 0 else query[:start - 1] + query[end:]
-    return _mask_echoes(out, [value]), value
+    probe = value[:MIN_SECRET_BYTES]  # _mask_echoes() inlined: this runs for every beacon with a ks
+    if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe):
+        out = mask_values(out, [value])
+    return out, value
 
 
 def _mask_echoes(out: bytes, values: list[bytes]) -> bytes:
