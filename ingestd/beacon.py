@@ -168,10 +168,10 @@ class BeaconApp:
             body_map = json_body  # stored as parsed: ClickHouse reads its numbers as text
         if fast is not None:
             if json_body is None:
-                event_type, missing, ks_index, parts = fast
+                event_type, missing, ks_at, parts = fast
                 raw_ks = None
-                if ks_index is not None:
-                    query, raw_ks = ks_codec.cut_pair(query, parts, ks_index)
+                if ks_at is not None:
+                    query, raw_ks = ks_codec.cut_pair(query, parts, ks_at)
             else:
                 event_type, missing, raw_ks = fast
                 if raw_ks is not None:

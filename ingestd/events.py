@@ -444,13 +444,15 @@ def _picker(keys: list):
 
 
 def _plan(names) -> dict[str, object] | None:
-    """Field name -> index of its first occurrence (query) or key (JSON); None if validate() must decide."""
+    """Field name -> where its value is: the index in check_query()'s parts of its first occurrence
+    (query), or the key (JSON); None if validate() must decide."""
     at: dict = {}
     for index, name in enumerate(names):
         if type(name) is bytes:
             if b"%" in name or b"+" in name:
                 return None  # an escaped name: validate() decodes it
             name = name.decode("latin-1")
+            index = 2 * index + 1  # where its value is in check_query()'s parts
         else:
             index = name
             if not name:
@@ -466,7 +468,7 @@ _OWN_RULES = frozenset({"eventType", "partnerId", "entryId"})  # checked first, 
 
 
 def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
-    """(event type, numbers, pattern, texts, missing, ks index) for query strings of this shape and type.
+    """(event type, numbers, pattern, texts, missing, ks value's index) for query strings of this shape and type.
 
     `numbers` picks the values the pattern checks, joined with '&' (a value never holds '&' or '=':
     check_query() split on them); `texts` picks the required values that must not be empty."""
@@ -544,13 +546,16 @@ def _shape(names: list[bytes]) -> _Shape | None:
 
 
 def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple, int | None, list] | None:
-    """(event type, missing required names, the index of the ks pair or None, the split query) of a
-    valid form-encoded beacon, or None when the fast path cannot tell (then validate() decides).
-    The split query is [name, value, name, value, …] (see ks.cut_pair)."""
+    """(event type, missing required names, where the ks value is in the parts or None, the parts) of
+    a valid form-encoded beacon, or None when the fast path cannot tell (then validate() decides).
+    The parts are the query split into [name, value, name, value, …] (see ks.cut_pair)."""
     parts = query.replace(b"&", b"=").split(b"=")
     count = len(parts)
     # every pair must be name=value with one '=': then names and values alternate in `parts`
-    if count & 1 or query.translate(None, _SEPARATORS_ONLY) != _ALTERNATING[:count - 1]:
+    if count & 1:
+        return None
+    separators = query.translate(None, _SEPARATORS_ONLY)
+    if len(separators) != count - 1 or not _ALTERNATING.startswith(separators):
         return None
     names = parts[::2]
     key = b"&".join(names)
@@ -560,8 +565,7 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
         shape = _cache(shapes, key, _shape(names))
     if shape is None:
         return None
-    values = parts[1::2]
-    raw_type = values[shape.event_type]
+    raw_type = parts[shape.event_type]
     rule = shape.rules.get(raw_type, False)
     if rule is False:
         event_type = _REGISTRY_BY_RAW.get(raw_type)
@@ -571,7 +575,7 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
     if rule is None:
         return None
     event_type, numbers, pattern, texts, missing, ks = rule
-    if pattern.fullmatch(b"&".join(numbers(values))) is None or b"" in texts(values) or (missing and strict):
+    if pattern.fullmatch(b"&".join(numbers(parts))) is None or b"" in texts(parts) or (missing and strict):
         return None
     return event_type, missing, ks, parts
 

@@ -35,13 +35,13 @@ def assert_query_agrees(query: bytes, api: bool, strict: bool) -> bool:
     fast = check_query(query, api, strict)
     if fast is None:
         return False
-    event_type, missing, ks_index, parts = fast
+    event_type, missing, ks_at, parts = fast
     params = split_query(query)
     assert general(params, None, api, strict) == ("ok", event_type.id, list(missing)), query
-    if ks_index is None:
+    if ks_at is None:
         assert b"ks" not in params
     else:
-        stripped, value = ks.cut_pair(query, parts, ks_index)
+        stripped, value = ks.cut_pair(query, parts, ks_at)
         assert value == params[b"ks"]
         assert stripped == ks.strip_from_query(query)
     return True
