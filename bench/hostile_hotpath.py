@@ -51,7 +51,7 @@ if config.get("ip_mode") or config.get("trust"):
     from ingestd import clientip
     ips = clientip.ClientIP(config.get("ip_mode", "full"),
                             tuple(ipaddress.ip_network(n) for n in config.get("trust", [])), None)
-    kwargs["client_ip"] = ips.stored
+    kwargs["client_ip"] = ips
 if config.get("rate"):
     from ingestd import ratelimit
     kwargs["rate_limit"] = ratelimit.request_guard(config["rate"], lambda r: r.peer)

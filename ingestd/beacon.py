@@ -11,12 +11,13 @@ import logging
 import orjson
 
 from . import ks as ks_codec
-from .events import Rejection, form_decode, json_params, split_query, validate
+from .events import Rejection, check_json, check_query, form_decode, json_params, split_query, validate
 from .http import CLOCK, Response, Ticket, error_response
 
 log = logging.getLogger("ingestd.beacon")
 
-BEACON_PATHS = (b"/api_v3/index.php", b"/collect")
+API_PATH = b"/api_v3/index.php"  # the document's path: service=analytics&action=trackEvent is checked
+BEACON_PATHS = (API_PATH, b"/collect")
 RETRY_AFTER_SECONDS = 5
 KS_CACHE_ENTRIES = 10_000  # decoded ks values kept (~1 KiB each); cleared when full
 
@@ -39,6 +40,9 @@ _SHUTTING_DOWN = Response(
     503, b"shutting down; retry later\n", headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS, close=True
 )
 _JSON = b"application/json"
+_NO_BODY: dict = {}  # shared by every row without a JSON body: never mutated
+_NO_KS: dict = {}
+_SAME_IP: dict = {}  # no ClientIP: nothing known, every address is stored as it is
 # Bodies read as a query string; no Content-Type at all is read the same way.
 _TEXT_TYPES = frozenset({b"", b"text/plain", b"application/x-www-form-urlencoded"})
 
@@ -50,22 +54,28 @@ class BeaconApp:
 
     def __init__(self, spool, metrics, loop, *, strict: bool = False, client_ip=None, rate_limit=None):
         self.spool = spool
+        self._pending_rows = spool.pending  # Spool.append without the call
         self.metrics = metrics
         self.loop = loop
         self.strict = strict
-        self.client_ip = client_ip or (lambda request: request.peer)
+        # client_ip: a clientip.ClientIP, or None to store the peer address as it is
+        self.ips = client_ip
+        self.client_ip = client_ip.stored if client_ip is not None else (lambda request: request.peer)
+        self._ip_by_peer = client_ip.by_peer if client_ip is not None else _SAME_IP
         self.rate_limit = rate_limit  # None, or request -> None (allowed) | the 429 Response (ingestd.ratelimit)
         self.connections: set = set()
         self.accepting = True
         self._tickets: dict[int, Ticket] = {}  # shared replies of this iteration, by variant
         self._single: list[tuple[Ticket, Response]] = []  # per-request replies of this iteration
         self._commit_scheduled = False
-        self._ks_seen: dict[bytes, dict] = {}  # raw ks -> ks_codec.describe() of it (never mutated)
+        self._ks_seen: dict[bytes | str, dict] = {}  # ks as sent -> ks_codec.describe() of it (never mutated)
         self.refresh()
 
     # -- replies that change once a second ----------------------------------------------------------
     def refresh(self) -> None:
         """Called on the clock tick: rebuild the 200 replies, whose body is the server's Unix time."""
+        if self.ips is not None:
+            self.ips.tick()
         now = CLOCK.seconds
         self._ok = (
             Response(200, b"%d" % now),
@@ -115,18 +125,25 @@ class BeaconApp:
         return _NOT_ALLOWED
 
     def _post(self, request):
-        content_type = request.headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
-        body = request.body.strip()
+        content_type = request.headers.get(b"content-type", b"")
+        if content_type != _JSON:  # the player's exact spelling needs no parsing
+            content_type = content_type.split(b";", 1)[0].strip().lower()
+        body = request.body
         # sendBeacon and some players post JSON as text/plain (no preflight): a query string never
         # starts with '{', so the body decides.
-        if content_type == b"application/json" or (content_type in _TEXT_TYPES and body[:1] == b"{"):
+        if content_type == _JSON or (content_type in _TEXT_TYPES and body.lstrip()[:1] == b"{"):
             try:
-                obj = orjson.loads(body) if body else {}
-            except orjson.JSONDecodeError as exc:
-                return self._reject(request, request.query, Rejection("bad_request", f"body is not JSON: {exc}"))
-            if not isinstance(obj, dict):
+                obj = orjson.loads(body)  # JSON's own whitespace around it is fine
+            except orjson.JSONDecodeError:
+                body = body.strip()  # bytes.strip() also takes \v and \f, which JSON does not
+                try:
+                    obj = orjson.loads(body) if body else {}
+                except orjson.JSONDecodeError as exc:
+                    return self._reject(request, request.query, Rejection("bad_request", f"body is not JSON: {exc}"))
+            if type(obj) is not dict:
                 return self._reject(request, request.query, Rejection("bad_request", "body is not a JSON object"))
             return self._beacon(request, request.query, obj, 1)
+        body = body.strip()
         if content_type not in _TEXT_TYPES:
             shown = content_type.decode("latin-1")[:60]
             return self._reject(request, request.query, Rejection(
@@ -142,39 +159,57 @@ class BeaconApp:
         if self.spool.over_cap or not self.accepting:
             self.metrics.responses[503] += 1
             return _OVER_CAP if self.accepting else _SHUTTING_DOWN
-        params = split_query(query)
-        body, body_map = json_params(json_body) if json_body else (None, {})
-        try:
-            if request.path == b"/api_v3/index.php":
-                self._check_service(params, body)
-            checked = validate(params, body, self.strict)
-        except Rejection as rejection:
-            return self._reject(request, query, rejection, json_body)
-        ks_info = {}
-        if b"ks" in params or (body and b"ks" in body):
-            raw_ks = form_decode(params[b"ks"]) if b"ks" in params else body[b"ks"]
+        api = request.path == API_PATH
+        if json_body is None:
+            fast = check_query(query, api, self.strict)
+            body_map = _NO_BODY
+        else:
+            fast = check_json(json_body, query, api, self.strict)
+            body_map = json_body  # stored as parsed: ClickHouse reads its numbers as text
+        if fast is not None:
+            if json_body is None:
+                event_type, missing, ks_at, parts = fast
+                raw_ks = None
+                if ks_at is not None:
+                    query, raw_ks = ks_codec.cut_pair(query, parts, ks_at)
+            else:
+                event_type, missing, raw_ks = fast
+                if raw_ks is not None:
+                    del body_map["ks"]
+        else:  # anything unusual: the general path, which is the definition of the rules
+            params = split_query(query)
+            body, body_map = json_params(json_body) if json_body else (None, {})
+            try:
+                if api:
+                    self._check_service(params, body)
+                checked = validate(params, body, self.strict)
+            except Rejection as rejection:
+                return self._reject(request, query, rejection, json_body)
+            event_type, missing, raw_ks = checked.event_type, checked.missing, None
+            if b"ks" in params or "ks" in body_map:
+                raw_ks = params[b"ks"] if b"ks" in params else body_map["ks"]
+                query = ks_codec.strip_from_query(query)
+                body_map.pop("ks", None)
+        ks_info = _NO_KS
+        if raw_ks is not None:  # as sent: bytes from a query string (encoded), str from JSON
             # a session sends the same ks with each of its beacons: decode and hash it once
             ks_info = self._ks_seen.get(raw_ks)
             if ks_info is None:
                 if len(self._ks_seen) >= KS_CACHE_ENTRIES:
                     self._ks_seen.clear()
-                ks_info = self._ks_seen[raw_ks] = ks_codec.describe(raw_ks)
-            query = ks_codec.strip_from_query(query)
-            body_map.pop("ks", None)
+                plain = form_decode(raw_ks) if type(raw_ks) is bytes else raw_ks.encode()
+                ks_info = self._ks_seen[raw_ks] = ks_codec.describe(plain)
+        ip = self._ip_by_peer.get(request.peer)  # ClientIP.stored() without the call, for a known peer
+        if ip is None:
+            ip = self.client_ip(request)
         row = (
-            "e", int(request.received_at * 1000), self.client_ip(request),
+            "e", int(request.received_at * 1000), ip,
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
-            query.decode("utf-8", "replace"), body_map, checked.missing, ks_info, "", "", "",
+            query.decode("utf-8", "replace"), body_map, missing, ks_info, "", "", "",
         )
-        try:
-            line = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
-        except orjson.JSONEncodeError:  # a lone surrogate from a JSON body: store it as U+FFFD
-            body_map = {k.encode("utf-8", "surrogatepass").decode("utf-8", "replace"):
-                        v.encode("utf-8", "surrogatepass").decode("utf-8", "replace") for k, v in body_map.items()}
-            line = orjson.dumps(row[:5] + (body_map,) + row[6:], option=orjson.OPT_APPEND_NEWLINE)
-        self.spool.append(line)
-        type_id = checked.event_type.id
-        self.metrics.events_accepted[type_id] += 1
+        # orjson.loads() refuses lone surrogates, so every text in the row can be encoded
+        self._pending_rows.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        self.metrics.events_accepted[event_type.id] += 1
         if variant == 1 and self.spool.over_soft_cap:
             variant = 2  # shed load: JSON players stop their 10-second VIEW beacons
             self.metrics.view_events_disabled += 1

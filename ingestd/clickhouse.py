@@ -23,6 +23,12 @@ DATABASE = "analytics"
 INSERT_SETTINGS = {
     "insert_deduplicate": 1,
     "deduplicate_blocks_in_dependent_materialized_views": 1,
+    # a JSON body is spooled as the player sent it: its numbers, booleans, objects and arrays are
+    # read into the body Map(String, String) as their JSON text (the defaults since 23.x; explicit)
+    "input_format_json_read_numbers_as_strings": 1,
+    "input_format_json_read_bools_as_strings": 1,
+    "input_format_json_read_objects_as_strings": 1,
+    "input_format_json_read_arrays_as_strings": 1,
 }
 
 

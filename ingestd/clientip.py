@@ -80,7 +80,9 @@ class ClientIP:
         self.trusted_v6 = tuple(n for n in self.trusted if n.version == 6)
         self.key = DailyKey(key_dir) if mode == "hash" else None
         self._day = -1
-        self._stored: dict[str, str] = {}  # peer -> stored form (peers that are not trusted proxies)
+        # peer -> stored form, for peers that are not trusted proxies, valid for the current UTC day:
+        # the beacon app reads it directly (one dict lookup per request); tick() clears it daily
+        self.by_peer: dict[str, str] = {}
         self._trusted_peer: dict[str, bool] = {}
         self._resolved: dict[tuple, str] = {}  # (peer, X-Forwarded-For, Forwarded) -> client address
         self._anonymised: dict[str, str] = {}  # client address behind a proxy -> stored form
@@ -89,7 +91,7 @@ class ClientIP:
     # -- what the app calls, per request ------------------------------------------------------------
     def stored(self, request) -> str:
         """The client IP of `request` as it is stored (per --ip-mode)."""
-        stored = self._stored.get(request.peer)
+        stored = self.by_peer.get(request.peer)
         if stored is not None and self._day == _today():
             return stored
         return self._slow_stored(request)
@@ -102,14 +104,18 @@ class ClientIP:
         return peer
 
     # -- the rest ---------------------------------------------------------------------------------------
-    def _slow_stored(self, request) -> str:
+    def tick(self) -> None:
+        """Called once a second: at a new UTC day, a new hash key, and yesterday's hashes are forgotten."""
         day = _today()
-        if day != self._day:  # a new UTC day: a new hash key, and yesterday's hashes are forgotten
+        if day != self._day:
             self._day = day
-            self._stored.clear()
+            self.by_peer.clear()
             self._anonymised.clear()
             if self.key is not None:
                 self.key.rotate(day)
+
+    def _slow_stored(self, request) -> str:
+        self.tick()
         peer = request.peer
         if self.trusted and self._is_trusted_peer(peer):  # per request: the headers vary
             client = self._behind_proxy(request, peer)
@@ -119,9 +125,9 @@ class ClientIP:
                     self._anonymised.clear()
                 stored = self._anonymised[client] = self.anonymise(client)
             return stored
-        if len(self._stored) >= MAX_CACHED_PEERS:
-            self._stored.clear()
-        stored = self._stored[peer] = self.anonymise(peer)
+        if len(self.by_peer) >= MAX_CACHED_PEERS:
+            self.by_peer.clear()
+        stored = self.by_peer[peer] = self.anonymise(peer)
         return stored
 
     def _is_trusted_peer(self, peer: str) -> bool:

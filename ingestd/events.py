@@ -7,6 +7,7 @@ by ClickHouse in the materialized view `analytics.events_mv` (schema/001_events.
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -408,3 +409,212 @@ def describe(types: Iterable[int] | None = None) -> list[str]:
         t = REGISTRY[type_id]
         rows.append(f"{t.id:>6}  {t.name:<20} required: {', '.join(sorted(t.required))}")
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast paths. A player build sends the same parameter names in the same order with every beacon,
+# so what depends only on the names and the event type (which values must be numbers, which are
+# required, where the ks is) is worked out once and cached as a Rule; a beacon then costs a split,
+# a tuple of the checked values and one C-level check (a regex over them joined, for a query
+# string) instead of a dict and Python steps per parameter. A fast path only ever answers "valid":
+# anything unusual returns None and goes through validate(), which stays the one definition of the
+# rules (tests/unit/test_fastpaths.py holds the two equal).
+
+RULE_CACHE_ENTRIES = 4096  # (shape, type) rules kept: a few per player build; cleared when full
+_SEPARATORS_ONLY = bytes(b for b in range(256) if b not in b"&=")  # translate() deletes these
+_ALTERNATING = b"=&" * 4096  # the separators of well-formed pairs: = & = & … =
+_INT_FIELDS = frozenset(n for n, t in _NUMERIC_RAW.values() if t == "int")
+_FLOAT_FIELDS = frozenset(n for n, t in _NUMERIC_RAW.values() if t == "float")
+# Values as a player writes them. Numbers short enough to be in range and finite; the legacy
+# player escapes '.' and '-' (0%2E125). An empty optional number is a missing field, not a bad one.
+_DIGITS = rb"[0-9]{1,18}"
+_DECIMAL = rb"(?:-|%2[Dd])?(?:[0-9]{1,18}(?:(?:\.|%2[Ee])[0-9]{0,18})?|(?:\.|%2[Ee])[0-9]{1,18})"
+_NON_EMPTY = rb"[^&]+"
+_API_QUERY = b"service=analytics&action=trackEvent"  # the query string of a JSON player's beacon
+
+
+def _picker(keys: list):
+    """A function returning the items at `keys` as a tuple (itemgetter returns a bare item for one)."""
+    if not keys:
+        return lambda seq: ()
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda seq: (seq[key],)
+    return operator.itemgetter(*keys)
+
+
+def _plan(names) -> dict[str, object] | None:
+    """Field name -> where its value is: the index in check_query()'s parts of its first occurrence
+    (query), or the key (JSON); None if validate() must decide."""
+    at: dict = {}
+    for index, name in enumerate(names):
+        if type(name) is bytes:
+            if b"%" in name or b"+" in name:
+                return None  # an escaped name: validate() decodes it
+            name = name.decode("latin-1")
+            index = 2 * index + 1  # where its value is in check_query()'s parts
+        else:
+            index = name
+            if not name:
+                return None  # a nameless JSON field is dropped, as split_query drops a nameless pair
+        if name == "ks" and "ks" in at:
+            return None  # a repeated ks: every copy must be stripped (ks.strip_from_query)
+        at.setdefault(name, index)
+    return at
+
+
+_NUMERIC_FIELDS = _INT_FIELDS | _FLOAT_FIELDS
+_OWN_RULES = frozenset({"eventType", "partnerId", "entryId"})  # checked first, as validate() does
+
+
+def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
+    """(event type, numbers, pattern, texts, missing, ks value's index) for query strings of this shape and type.
+
+    `numbers` picks the values the pattern checks, joined with '&' (a value never holds '&' or '=':
+    check_query() split on them); `texts` picks the required values that must not be empty."""
+    if "partnerId" not in at or (api and ("service" not in at or "action" not in at)):
+        return None
+    required = event_type.required
+    checks = [("partnerId", _DIGITS)]
+    if api:
+        checks += [("service", b"analytics"), ("action", b"trackEvent")]
+    for name in sorted(_NUMERIC_FIELDS & at.keys()):
+        number = _DIGITS if name in _INT_FIELDS else _DECIMAL
+        # an empty required field is missing, which validate() reports (in order): not fast
+        checks.append((name, number if name in required else b"(?:" + number + b")?"))
+    texts = (required & at.keys()) - _NUMERIC_FIELDS - {"eventType", "partnerId"}
+    if event_type.id not in APPLICATION_EVENT_TYPES:
+        if "entryId" not in at:
+            return None
+        texts.add("entryId")
+    return (
+        event_type,
+        _picker([at[name] for name, _ in checks]),
+        re.compile(b"&".join(check for _, check in checks)),
+        _picker([at[name] for name in sorted(texts)]),
+        tuple(name for name in sorted(required) if name not in at),
+        at.get("ks"),
+    )
+
+
+def _json_rule(at: dict, event_type: EventType) -> tuple | None:
+    """(event type, ints, numbers, texts, missing, has ks) for JSON bodies of this shape and type:
+    pickers of the values that must be integers, numbers, and non-empty strings."""
+    if "partnerId" not in at:
+        return None
+    required = event_type.required
+    texts = (required & at.keys()) - _NUMERIC_FIELDS - {"eventType", "partnerId"}
+    if event_type.id not in APPLICATION_EVENT_TYPES:
+        if "entryId" not in at:
+            return None
+        texts |= {"entryId"}
+    return (
+        event_type,
+        _picker(["partnerId"] + sorted(_INT_FIELDS & at.keys())),
+        _picker(sorted(_FLOAT_FIELDS & at.keys())),
+        _picker(sorted(texts)),
+        tuple(name for name in sorted(required) if name not in at),
+        "ks" in at,
+    )
+
+
+class _Shape:
+    """The query strings with one list of names: where eventType is, and a rule per type seen."""
+
+    __slots__ = ("at", "event_type", "rules")
+
+    def __init__(self, at: dict):
+        self.at = at
+        self.event_type = at["eventType"]
+        self.rules: dict[bytes, tuple | None] = {}  # raw eventType -> _query_rule()
+
+
+_SHAPES: tuple[dict, dict] = ({}, {})  # [api] names joined with '&' -> _Shape, or None (validate() decides)
+_JSON_RULES: dict[tuple, tuple | None] = {}  # (keys, eventType) -> _json_rule()
+
+
+def _cache(cache: dict, key, value):
+    if len(cache) >= RULE_CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+def _shape(names: list[bytes]) -> _Shape | None:
+    at = _plan(names)
+    return _Shape(at) if at is not None and "eventType" in at else None
+
+
+def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple, int | None, list] | None:
+    """(event type, missing required names, where the ks value is in the parts or None, the parts) of
+    a valid form-encoded beacon, or None when the fast path cannot tell (then validate() decides).
+    The parts are the query split into [name, value, name, value, …] (see ks.cut_pair)."""
+    parts = query.replace(b"&", b"=").split(b"=")
+    count = len(parts)
+    # every pair must be name=value with one '=': then names and values alternate in `parts`
+    if count & 1:
+        return None
+    separators = query.translate(None, _SEPARATORS_ONLY)
+    if len(separators) != count - 1 or not _ALTERNATING.startswith(separators):
+        return None
+    names = parts[::2]
+    key = b"&".join(names)
+    shapes = _SHAPES[api]
+    shape = shapes.get(key, False)
+    if shape is False:
+        shape = _cache(shapes, key, _shape(names))
+    if shape is None:
+        return None
+    raw_type = parts[shape.event_type]
+    rule = shape.rules.get(raw_type, False)
+    if rule is False:
+        event_type = _REGISTRY_BY_RAW.get(raw_type)
+        if event_type is None:
+            return None  # not cached: any bytes could come here
+        rule = shape.rules[raw_type] = _query_rule(shape.at, event_type, api)
+    if rule is None:
+        return None
+    event_type, numbers, pattern, texts, missing, ks = rule
+    if pattern.fullmatch(b"&".join(numbers(parts))) is None or b"" in texts(parts) or (missing and strict):
+        return None
+    return event_type, missing, ks, parts
+
+
+_INT_ONLY = frozenset({int})
+_STR_ONLY = frozenset({str})
+_NUMBER_TYPES = frozenset({int, float})  # JSON numbers are finite: orjson refuses 1e400
+
+
+def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventType, list[str], str | None] | None:
+    """check_query() for a JSON body whose query string is service=analytics&action=trackEvent as the
+    player sends it (or empty, off the API path): (event type, missing, the ks or None), or None."""
+    if query != _API_QUERY and (api or query):
+        return None
+    raw_type = obj.get("eventType")
+    if type(raw_type) is not int:
+        return None
+    key = (tuple(obj), raw_type)
+    rule = _JSON_RULES.get(key, False)
+    if rule is False:
+        event_type = REGISTRY.get(raw_type)
+        if event_type is None:
+            return None  # not cached: any number could come here
+        at = _plan(key[0])
+        rule = _cache(_JSON_RULES, key, _json_rule(at, event_type) if at is not None else None)
+    if rule is None:
+        return None
+    event_type, ints, floats, texts, missing, has_ks = rule
+    numbers = ints(obj)
+    if not set(map(type, numbers)) <= _INT_ONLY or not _INT64_MIN <= min(numbers) <= max(numbers) <= _INT64_MAX:
+        return None  # a bool, a string or a float where an integer goes (or out of range)
+    if not set(map(type, floats(obj))) <= _NUMBER_TYPES:
+        return None  # an empty optional number (null, "") is not bad, but validate() tells
+    values = texts(obj)
+    if "" in values or not set(map(type, values)) <= _STR_ONLY:
+        return None  # a required text that is empty, or not a string (validate() tells which)
+    if missing and strict:
+        return None
+    if not has_ks:
+        return event_type, missing, None
+    ks = obj["ks"]
+    return (event_type, missing, ks) if type(ks) is str else None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
+from collections import deque, namedtuple
 from email.utils import formatdate
 
 import httptools
@@ -67,21 +67,14 @@ class Ticket:
             conn.write_ready()
 
 
-class Request:
-    """One parsed request: what the app needs and nothing more."""
+class Request(namedtuple("Request", "method path query headers body peer received_at keep_alive")):
+    """One parsed request: what the app needs and nothing more. `headers` holds the lower-cased
+    names the app asked for. Built with _new_request (in C): a Python __init__ per request costs."""
 
-    __slots__ = ("method", "path", "query", "headers", "body", "peer", "received_at", "keep_alive", "conn")
+    __slots__ = ()
 
-    def __init__(self, method, path, query, headers, body, peer, received_at, keep_alive, conn):
-        self.method: bytes = method
-        self.path: bytes = path
-        self.query: bytes = query
-        self.headers: dict[bytes, bytes] = headers  # lower-cased names, only those the app asked for
-        self.body: bytes = body
-        self.peer: str = peer
-        self.received_at: float = received_at
-        self.keep_alive: bool = keep_alive
-        self.conn: HttpProtocol = conn
+
+_new_request = tuple.__new__
 
 
 class Clock:
@@ -269,7 +262,7 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.header_bytes = 0
-        self.body: list[bytes] = []
+        self.body: list[bytes] | None = None
         self.body_bytes = 0  # running total: summing `body` per chunk is quadratic in the chunk count
         self.outbox: deque = deque()  # (Response | Ticket, keep_alive)
         self.closing = False
@@ -344,24 +337,27 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers = {}
         self.header_bytes = 0
-        self.body = []
+        self.body = None  # a list of chunks once one arrives: most beacons are GETs
         self.body_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
-        if len(self.url) > self.limits.max_url:
+        url = self.url + url if self.url else url
+        self.url = url
+        if len(url) > self.limits.max_url:
             raise HttpError(414, f"request target over {self.limits.max_url} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.limits.max_headers:
+        size = self.header_bytes + len(name) + len(value) + 4
+        self.header_bytes = size
+        if size > self.limits.max_headers:
             raise HttpError(431, f"request headers over {self.limits.max_headers} bytes")
         name = name.lower()
         if name in self.wanted_headers:
-            if name in self.headers:  # repeated header: join as RFC 9110 allows for lists
-                self.headers[name] += b", " + value
+            headers = self.headers
+            if name in headers:  # repeated header: join as RFC 9110 allows for lists
+                headers[name] += b", " + value
             else:
-                self.headers[name] = value
+                headers[name] = value
 
     def on_headers_complete(self) -> None:
         length = self.headers.get(b"content-length")
@@ -373,7 +369,10 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
-        self.body.append(body)
+        if self.body is None:
+            self.body = [body]
+        else:
+            self.body.append(body)
         self.body_bytes += len(body)
         if self.body_bytes > self.limits.max_body:
             raise HttpError(413, f"request body over {self.limits.max_body} bytes")
@@ -388,10 +387,11 @@ class HttpProtocol(asyncio.Protocol):
         path, _, query = url.partition(b"?")
         if b"#" in query:
             query = query.partition(b"#")[0]
-        request = Request(
+        body = self.body
+        request = _new_request(Request, (
             parser.get_method(), path, query, self.headers,
-            b"".join(self.body) if self.body else b"", self.peer, time.time(), keep_alive, self,
-        )
+            b"" if body is None else body[0] if len(body) == 1 else b"".join(body), self.peer, time.time(), keep_alive,
+        ))
         try:
             reply = self.app.handle(request)
         except Exception as exc:  # the app must never take the connection down with it
@@ -411,6 +411,25 @@ class HttpProtocol(asyncio.Protocol):
     def write_ready(self) -> None:
         """Write every reply at the head of the outbox that is decided; close when done and asked to."""
         outbox = self.outbox
+        if len(outbox) == 1 and not self.closing:  # the common case, one keep-alive reply: no list, no join
+            reply, keep_alive = outbox[0]
+            if type(reply) is Ticket:
+                reply = reply.response
+                if reply is None:
+                    return
+            if keep_alive and not reply.close:
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    return
+                outbox.clear()
+                wire = reply.wire  # render()'s cache, read here to save a call per reply
+                if wire is not None and wire[0] is CLOCK.date_header and wire[1] is not None:
+                    transport.write(wire[1])
+                else:
+                    transport.write(render(reply, True))
+                if self.paused:
+                    self._update_reading()
+                return
         chunks = []
         close = False
         while outbox:

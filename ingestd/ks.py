@@ -107,6 +107,20 @@ def strip_from_query(query: bytes, mask: bytes = b"") -> bytes:
     return _mask_echoes(b"&".join(kept), values)
 
 
+def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
+    """(the query without the pair whose value is parts[at], that value), given the query split into
+    [name, value, name, value, …] with exactly one ks pair (events.check_query's fast path):
+    the pair is cut by its offset, with no search for escaped spellings of the name."""
+    value = parts[at]
+    start = sum(map(len, parts[:at - 1])) + at - 1  # each earlier pair's '=' and '&'
+    end = start + len(parts[at - 1]) + 1 + len(value)
+    out = query[end + 1:] if at == 1 else query[:start - 1] + query[end:]
+    probe = value[:MIN_SECRET_BYTES]  # _mask_echoes() inlined: this runs for every beacon with a ks
+    if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe):
+        out = mask_values(out, [value])
+    return out, value
+
+
 def _mask_echoes(out: bytes, values: list[bytes]) -> bytes:
     """`out` with the ks values masked wherever else they appear."""
     # Echoes are rare: look for one only when a ks prefix recurs (or is escaped, so it cannot be probed).

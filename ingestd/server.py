@@ -116,7 +116,7 @@ class Server:
         self.stopped = asyncio.Event()
         ips = clientip.from_settings(self.settings)
         guard = ratelimit.request_guard(self.settings.rate_limit, ips.client) if self.settings.rate_limit else None
-        self.app = BeaconApp(self.spool, self.metrics, loop, strict=self.settings.strict, client_ip=ips.stored,
+        self.app = BeaconApp(self.spool, self.metrics, loop, strict=self.settings.strict, client_ip=ips,
                              rate_limit=guard)
         self.app.wanted_headers = self.app.wanted_headers | ips.wanted_headers  # X-Forwarded-For if trusted
         app, limits, gate = self.app, self.limits, ConnectionGate(self.settings.max_connections, self.metrics)

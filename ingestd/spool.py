@@ -181,7 +181,8 @@ class Spool:
         self.soft_bytes = max_bytes // 2
         self.fsync_interval = fsync_interval
         self.on_sealed = on_sealed or (lambda path: None)
-        self._pending: list[bytes] = []
+        # rows for the next commit; the beacon app appends to it directly (a method call per request costs)
+        self.pending: list[bytes] = []
         self._fd = -1
         self._path: Path | None = None
         self._size = 0
@@ -209,14 +210,14 @@ class Spool:
     # -- the hot path ---------------------------------------------------------------------------
     def append(self, row: bytes) -> None:
         """Queue one row for the next commit (called per request)."""
-        self._pending.append(row)
+        self.pending.append(row)
 
     def commit(self) -> bool:
         """Write every queued row with one write(2). False (and nothing half-written) on failure."""
-        if not self._pending:
+        if not self.pending:
             return True
-        data = b"".join(self._pending)
-        self._pending.clear()
+        data = b"".join(self.pending)
+        self.pending.clear()
         try:
             if self._fd < 0:
                 self._open()

@@ -285,6 +285,29 @@ def test_json_post_merges_query_and_body_and_answers_json(server):
     assert row["missing_fields"] == [] and row["extra"] == {"customKey": "kept"}
 
 
+def test_player_json_beacon_is_stored_as_the_general_path_stores_it(server):
+    """The player's own form (service/action in the query string, every field in the body) takes the
+    fast path, which spools the parsed body as it is; a field in the query string forces the general
+    path, which converts each value to text first. ClickHouse must end with the same row."""
+    body = {"eventType": 3, "partnerId": 585231, "entryId": "0_abc", "flavourId": "0_f", "sessionId": "s",
+            "eventIndex": 4, "bufferTime": 0.5, "actualBitrate": 1e16, "preferredBitrate": 1200,
+            "position": -12.5, "ks": DOCUMENT_KS, "userId": "u", "soundMode": 2, "customFlag": True,
+            "customNull": None, "customObj": {"a": [1, "x"]}, "customFloat": 0.1, "customText": "a+b%2E"}
+    fast_agent, general_agent = "json-fast", "json-general"
+    assert events.check_json(body, API[len("/api_v3/index.php?"):-1].encode(), True, False) is not None
+    assert post(server, API[:-1], orjson.dumps(body), "application/json", fast_agent)[0] == 200
+    assert post(server, API + "customVar3=", orjson.dumps(body), "application/json", general_agent)[0] == 200
+    [fast] = rows(server, "events", fast_agent)
+    [general] = rows(server, "events", general_agent)
+    for row in (fast, general):
+        for column in ("received_at", "inserted_at", "user_agent"):
+            row.pop(column)
+    assert fast == general
+    assert fast["extra"] == {"customFlag": "true", "customNull": "", "customObj": '{"a":[1,"x"]}',
+                             "customFloat": "0.1", "customText": "a+b%2E"}
+    assert (fast["actual_bitrate"], fast["buffer_time"]) == (1e16, 0.5) and fast["ks_hash"]
+
+
 def test_expect_100_continue_as_curl_sends_a_large_body(server):
     body = orjson.dumps({"eventIndex": 1, "customVar1": "x" * 2000})
     head = (f"POST /collect?eventType=1&partnerId=1&entryId=expect HTTP/1.1\r\nContent-Type: application/json\r\n"
