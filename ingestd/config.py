@@ -91,6 +91,13 @@ def _non_negative(kind):
     return parse
 
 
+def _nice(text) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise ValueError("must be 0-19")
+    return value
+
+
 def setting(default, parse, help_text, secret=False, flag=True):
     return field(default=default, metadata={"parse": parse, "help": help_text, "secret": secret, "flag": flag})
 
@@ -111,6 +118,8 @@ class Settings:
     spool_max_bytes: int = setting(2 << 30, _positive(_size), "spool cap: above it beacons get 503 + Retry-After")
     segment_max_bytes: int = setting(8 << 20, _positive(_size), "seal a segment (one ClickHouse insert) at this size")
     segment_max_age_ms: int = setting(1000, _positive(int), "seal a segment at this age")
+    loop_nice: int = setting(5, _nice, "nice value of the event-loop thread (0-19): when CPU is short, shipping "
+                                       "to ClickHouse wins over accepting beacons, so the spool stays small")
     drain_timeout: float = setting(10.0, _non_negative(float), "seconds to ship the spool on SIGTERM before exiting")
     workers: int = setting(1, _positive(int), "beacon processes sharing the port (SO_REUSEPORT); about one per core")
     ready_timeout: float = setting(30.0, _non_negative(float),

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvloop
@@ -50,6 +51,36 @@ def bind(address: str, reuse_port: bool = False) -> socket.socket:
     sock.setblocking(False)
     return sock
 
+
+
+QUERY_THREADS = 4  # the loop's executor: admin /query requests at once, and the drain at shutdown
+
+
+def started_executor(workers: int) -> ThreadPoolExecutor:
+    """A thread pool whose threads are already running: started before the loop thread is niced,
+    they keep the normal priority, and so do the engine's threads they start while running a query."""
+    executor = ThreadPoolExecutor(workers, thread_name_prefix="ingestd-executor")
+    started = threading.Barrier(workers + 1)
+    for _ in range(workers):  # each blocks until all have started, so each submit starts a thread
+        executor.submit(started.wait)
+    started.wait()
+    return executor
+
+
+def lower_loop_priority(nice: int) -> None:
+    """Make this (the event loop's) thread nicer than the sink and the embedded engine's threads.
+
+    On a box short of CPU (the embedded engine inserting on the cores that accept beacons), the
+    loop would otherwise take the CPU the inserts need: the spool grows without bound and freshness
+    with it. Niced, the loop yields to them and beacons wait briefly in the socket queues instead.
+    Threads inherit the value of the thread that starts them, so this runs after the sink started.
+    """
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)  # this thread only, on Linux
+    except (OSError, AttributeError) as exc:
+        log.warning("cannot lower the event loop's priority (--loop-nice %d): %s", nice, exc)
 
 class Server:
     """One ingestd process: the beacon listener, the admin listener, the spool and its sink."""
@@ -127,6 +158,9 @@ class Server:
             admin, _ = await start_admin(self, loop, self.admin_sock, Limits(max_body=1 << 20))
         if self.ship:
             self.sink.start()
+        if self.settings.loop_nice:
+            loop.set_default_executor(started_executor(QUERY_THREADS))  # admin queries, the drain
+            lower_loop_priority(self.settings.loop_nice)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
         ticker = loop.create_task(self._tick())

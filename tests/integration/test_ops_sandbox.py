@@ -204,6 +204,10 @@ for path in ("/usr/ingestd-probe", "/tmp/probe", sys_state + "/probe"):
     except OSError as e:
         out.append("write %s %s" % (path, errno.errorcode[e.errno]))
 try:
+    os.sched_setaffinity(0, os.sched_getaffinity(0)); out.append("sched_setaffinity ok")
+except OSError as e:
+    out.append("sched_setaffinity " + errno.errorcode[e.errno])
+try:
     os.setpriority(os.PRIO_PROCESS, 0, 5); out.append("setpriority ok")
 except OSError as e:
     out.append("setpriority " + errno.errorcode[e.errno])
@@ -234,7 +238,8 @@ def test_the_sandbox_is_not_a_no_op(analyze):
             "write /usr/ingestd-probe EROFS",  # ProtectSystem=strict
             "write /tmp/probe ok",  # PrivateTmp=
             f"write {state}/probe ok",  # StateDirectory=
-            "setpriority EPERM",  # SystemCallFilter=~@resources, SystemCallErrorNumber=EPERM
+            "sched_setaffinity EPERM",  # SystemCallFilter=~@resources, SystemCallErrorNumber=EPERM
+            "setpriority ok",  # ...but SystemCallFilter=setpriority (--loop-nice) allows it back
             "netlink EAFNOSUPPORT",  # RestrictAddressFamilies=
             "tmp entries 1",  # a fresh /tmp: only the probe's file
         ]
