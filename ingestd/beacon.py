@@ -184,7 +184,7 @@ class BeaconApp:
                     self._check_service(params, body)
                 checked = validate(params, body, self.strict)
             except Rejection as rejection:
-                return self._reject(request, query, rejection, json_body)
+                return self._reject(request, query, rejection, json_body, params)
             event_type, missing, raw_ks = checked.event_type, checked.missing, None
             if b"ks" in params or "ks" in body_map:
                 raw_ks = params[b"ks"] if b"ks" in params else body_map["ks"]
@@ -233,14 +233,15 @@ class BeaconApp:
                 raise Rejection("unsupported_service", f"{name.decode()} {shown!r} is not supported: use "
                                                        "service=analytics&action=trackEvent")
 
-    def _reject(self, request, query: bytes, rejection: Rejection, json_body=None):
+    def _reject(self, request, query: bytes, rejection: Rejection, json_body=None, params=None):
         """Keep what was sent (ks masked) in the rejected stream and answer 400 with the reason."""
         if self.spool.over_cap or not self.accepting:  # the cap holds for rejected rows too
             self.metrics.responses[503] += 1
             return _OVER_CAP if self.accepting else _SHUTTING_DOWN
         self.metrics.events_rejected[rejection.reason] += 1
         ks_info = {}
-        params = split_query(query)
+        if params is None:  # (the general path passes the split it validated)
+            params = split_query(query)
         if b"ks" in params:
             ks_info = {"hash": ks_codec.digest(form_decode(params[b"ks"]).strip())}
             query = ks_codec.strip_from_query(query, mask=b"<redacted>")

@@ -216,6 +216,13 @@ def close_after_error(transport) -> None:
 _REFUSED = None  # the 503 for a connection over the limit, built after render() below
 
 
+# The spellings clients send, lower-cased without a call (on_header runs for every header line).
+_LOWER_CASE = {spelling: spelling.lower() for name in (
+    b"Host", b"User-Agent", b"Content-Type", b"Content-Length", b"Accept", b"Accept-Encoding",
+    b"Accept-Language", b"Connection", b"Origin", b"Referer", b"Expect", b"X-Forwarded-For", b"Forwarded",
+) for spelling in (name, name.lower())}
+
+
 class HttpError(Exception):
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
@@ -351,7 +358,7 @@ class HttpProtocol(asyncio.Protocol):
         self.header_bytes = size
         if size > self.limits.max_headers:
             raise HttpError(431, f"request headers over {self.limits.max_headers} bytes")
-        name = name.lower()
+        name = _LOWER_CASE.get(name) or name.lower()
         if name in self.wanted_headers:
             headers = self.headers
             if name in headers:  # repeated header: join as RFC 9110 allows for lists
@@ -360,12 +367,13 @@ class HttpProtocol(asyncio.Protocol):
                 headers[name] = value
 
     def on_headers_complete(self) -> None:
-        length = self.headers.get(b"content-length")
+        headers = self.headers
+        length = headers.get(b"content-length")
         if length is not None and length.strip().isdigit() and int(length) > self.limits.max_body:
             raise HttpError(413, f"request body over {self.limits.max_body} bytes")
         # curl asks before sending a body over 1 KiB and would otherwise wait a second; an interim
         # reply may only go out when no earlier reply is still queued (replies stay in order)
-        if b"expect" in self.headers and not self.outbox and self.headers[b"expect"].lower() == b"100-continue":
+        if b"expect" in headers and not self.outbox and headers[b"expect"].lower() == b"100-continue":
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:
