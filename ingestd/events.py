@@ -429,7 +429,6 @@ _FLOAT_FIELDS = frozenset(n for n, t in _NUMERIC_RAW.values() if t == "float")
 # player escapes '.' and '-' (0%2E125). An empty optional number is a missing field, not a bad one.
 _DIGITS = rb"[0-9]{1,18}"
 _DECIMAL = rb"(?:-|%2[Dd])?(?:[0-9]{1,18}(?:(?:\.|%2[Ee])[0-9]{0,18})?|(?:\.|%2[Ee])[0-9]{1,18})"
-_NON_EMPTY = rb"[^&]+"
 _API_QUERY = b"service=analytics&action=trackEvent"  # the query string of a JSON player's beacon
 
 
@@ -464,7 +463,20 @@ def _plan(names) -> dict[str, object] | None:
 
 
 _NUMERIC_FIELDS = _INT_FIELDS | _FLOAT_FIELDS
-_OWN_RULES = frozenset({"eventType", "partnerId", "entryId"})  # checked first, as validate() does
+
+
+def _required_texts(at: dict, event_type: EventType) -> tuple[list[str], tuple[str, ...]] | None:
+    """(required non-numeric names present, which must not be empty; required names absent) for a
+    shape and type; None when the shape cannot be valid fast (no partnerId, or no entryId where needed)."""
+    if "partnerId" not in at:
+        return None
+    required = event_type.required
+    texts = (required & at.keys()) - _NUMERIC_FIELDS - {"eventType", "partnerId"}
+    if event_type.id not in APPLICATION_EVENT_TYPES:
+        if "entryId" not in at:
+            return None
+        texts.add("entryId")
+    return sorted(texts), tuple(name for name in sorted(required) if name not in at)
 
 
 def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
@@ -472,8 +484,10 @@ def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
 
     `numbers` picks the values the pattern checks, joined with '&' (a value never holds '&' or '=':
     check_query() split on them); `texts` picks the required values that must not be empty."""
-    if "partnerId" not in at or (api and ("service" not in at or "action" not in at)):
+    texts = _required_texts(at, event_type)
+    if texts is None or (api and ("service" not in at or "action" not in at)):
         return None
+    texts, missing = texts
     required = event_type.required
     checks = [("partnerId", _DIGITS)]
     if api:
@@ -482,17 +496,12 @@ def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
         number = _DIGITS if name in _INT_FIELDS else _DECIMAL
         # an empty required field is missing, which validate() reports (in order): not fast
         checks.append((name, number if name in required else b"(?:" + number + b")?"))
-    texts = (required & at.keys()) - _NUMERIC_FIELDS - {"eventType", "partnerId"}
-    if event_type.id not in APPLICATION_EVENT_TYPES:
-        if "entryId" not in at:
-            return None
-        texts.add("entryId")
     return (
         event_type,
         _picker([at[name] for name, _ in checks]),
         re.compile(b"&".join(check for _, check in checks)),
-        _picker([at[name] for name in sorted(texts)]),
-        tuple(name for name in sorted(required) if name not in at),
+        _picker([at[name] for name in texts]),
+        missing,
         at.get("ks"),
     )
 
@@ -500,20 +509,16 @@ def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
 def _json_rule(at: dict, event_type: EventType) -> tuple | None:
     """(event type, ints, numbers, texts, missing, has ks) for JSON bodies of this shape and type:
     pickers of the values that must be integers, numbers, and non-empty strings."""
-    if "partnerId" not in at:
+    texts = _required_texts(at, event_type)
+    if texts is None:
         return None
-    required = event_type.required
-    texts = (required & at.keys()) - _NUMERIC_FIELDS - {"eventType", "partnerId"}
-    if event_type.id not in APPLICATION_EVENT_TYPES:
-        if "entryId" not in at:
-            return None
-        texts |= {"entryId"}
+    texts, missing = texts
     return (
         event_type,
         _picker(["partnerId"] + sorted(_INT_FIELDS & at.keys())),
         _picker(sorted(_FLOAT_FIELDS & at.keys())),
-        _picker(sorted(texts)),
-        tuple(name for name in sorted(required) if name not in at),
+        _picker(texts),
+        missing,
         "ks" in at,
     )
 
