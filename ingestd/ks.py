@@ -116,7 +116,8 @@ def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
     end = start + len(parts[at - 1]) + 1 + len(value)
     out = query[end + 1:] if at == 1 else query[:start - 1] + query[end:]
     probe = value[:MIN_SECRET_BYTES]  # _mask_echoes() inlined: this runs for every beacon with a ks
-    if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe):
+    # find() and int needles ('%', '+'): `bytes in bytes` first tries the needle as an int (~85 ns)
+    if len(probe) == MIN_SECRET_BYTES and (out.find(probe) >= 0 or 37 in probe or 43 in probe):
         out = mask_values(out, [value])
     return out, value
 

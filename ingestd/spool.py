@@ -190,6 +190,8 @@ class Spool:
         self._unsealed: list[Path] = []  # closed segments whose rename to *.seg failed; retried
         self._bytes_lock = threading.Lock()  # _bytes is shared with the sink thread
         self._bytes = 0  # open + sealed bytes on disk
+        # read per request: plain attributes kept by _set_bytes(), not properties (a call each)
+        self.over_cap = self.over_soft_cap = False
         self._sync_lock = threading.Lock()  # what the fsync thread must sync next
         self._to_sync: list[int] = []  # fds of sealed segments, closed by the fsync thread
         self._dir_dirty = False  # a segment was created or renamed since the last directory fsync
@@ -199,8 +201,7 @@ class Spool:
         self._lock_fd = acquire_lock(self.directory)
         leftovers = recover(self.directory)
         names_after(leftovers)
-        for path in leftovers:
-            self._bytes += path.stat().st_size
+        self._set_bytes(sum(path.stat().st_size for path in leftovers))
         self._fsync_stop = threading.Event()
         self._fsync_thread = None
         if fsync_interval:
@@ -236,7 +237,7 @@ class Spool:
             return False
         self._size += len(data)
         with self._bytes_lock:
-            self._bytes += len(data)
+            self._set_bytes(self._bytes + len(data))
         self.commits += 1
         if self._size >= self.segment_max_bytes:
             self.seal()
@@ -319,7 +320,7 @@ class Spool:
     def release(self, size: int) -> None:
         """Called by the sink after it deleted or quarantined a segment of `size` bytes."""
         with self._bytes_lock:
-            self._bytes = max(0, self._bytes - size)
+            self._set_bytes(max(0, self._bytes - size))
 
     def resync(self) -> None:
         """Recount the bytes on disk; called on the loop when another process ships this directory."""
@@ -330,19 +331,16 @@ class Spool:
             except FileNotFoundError:  # shipped while we counted
                 pass
         with self._bytes_lock:
-            self._bytes = total
+            self._set_bytes(total)
+
+    def _set_bytes(self, total: int) -> None:
+        self._bytes = total
+        self.over_cap = total >= self.max_bytes
+        self.over_soft_cap = total >= self.soft_bytes
 
     @property
     def bytes_on_disk(self) -> int:
         return self._bytes
-
-    @property
-    def over_cap(self) -> bool:
-        return self._bytes >= self.max_bytes
-
-    @property
-    def over_soft_cap(self) -> bool:
-        return self._bytes >= self.soft_bytes
 
     # -- --fsync interval -------------------------------------------------------------------------
     def _fsync_loop(self) -> None:
