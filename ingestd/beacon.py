@@ -56,6 +56,7 @@ class BeaconApp:
         self.spool = spool
         self._pending_rows = spool.pending  # Spool.append without the call
         self.metrics = metrics
+        self._accepted = metrics.events_accepted  # per event type, counted per request
         self.loop = loop
         self.strict = strict
         # client_ip: a clientip.ClientIP, or None to store the peer address as it is
@@ -209,7 +210,7 @@ class BeaconApp:
         )
         # orjson.loads() refuses lone surrogates, so every text in the row can be encoded
         self._pending_rows.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-        self.metrics.events_accepted[event_type.id] += 1
+        self._accepted[event_type.id] += 1
         if variant == 1 and self.spool.over_soft_cap:
             variant = 2  # shed load: JSON players stop their 10-second VIEW beacons
             self.metrics.view_events_disabled += 1

@@ -482,10 +482,10 @@ def _required_texts(at: dict, event_type: EventType) -> tuple[list[str], tuple[s
 
 
 def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
-    """(event type, numbers, pattern, texts, missing, ks value's index) for query strings of this shape and type.
+    """(event type, checked, pattern, missing, ks value's index) for query strings of this shape and type.
 
-    `numbers` picks the values the pattern checks, joined with '&' (a value never holds '&' or '=':
-    check_query() split on them); `texts` picks the required values that must not be empty."""
+    `checked` picks the values the pattern checks, joined with '&' (a value never holds '&' or '=':
+    check_query() split on them): the numbers, and the required texts, which must not be empty."""
     texts = _required_texts(at, event_type)
     if texts is None or (api and ("service" not in at or "action" not in at)):
         return None
@@ -498,11 +498,11 @@ def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
         number = _DIGITS if name in _INT_FIELDS else _DECIMAL
         # an empty required field is missing, which validate() reports (in order): not fast
         checks.append((name, number if name in required else b"(?:" + number + b")?"))
+    checks += [(name, rb"[^&]++") for name in texts]
     return (
         event_type,
         _picker([at[name] for name, _ in checks]),
         re.compile(b"&".join(check for _, check in checks)),
-        _picker([at[name] for name in texts]),
         missing,
         at.get("ks"),
     )
@@ -559,10 +559,8 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
     parts = query.replace(b"&", b"=").split(b"=")
     count = len(parts)
     # every pair must be name=value with one '=': then names and values alternate in `parts`
-    if count & 1:
-        return None
-    separators = query.translate(None, _SEPARATORS_ONLY)
-    if len(separators) != count - 1 or not _ALTERNATING.startswith(separators):
+    # (an odd count is a last pair without '='; the separators are always count - 1)
+    if count & 1 or not _ALTERNATING.startswith(query.translate(None, _SEPARATORS_ONLY)):
         return None
     names = parts[::2]
     key = b"&".join(names)
@@ -581,8 +579,8 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
         rule = shape.rules[raw_type] = _query_rule(shape.at, event_type, api)
     if rule is None:
         return None
-    event_type, numbers, pattern, texts, missing, ks = rule
-    if pattern.fullmatch(b"&".join(numbers(parts))) is None or b"" in texts(parts) or (missing and strict):
+    event_type, checked, pattern, missing, ks = rule
+    if pattern.fullmatch(b"&".join(checked(parts))) is None or (missing and strict):
         return None
     return event_type, missing, ks, parts
 

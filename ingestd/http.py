@@ -270,7 +270,7 @@ class HttpProtocol(asyncio.Protocol):
     __slots__ = (
         "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
         "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
-        "in_request", "request_started", "body_bytes", "fresh", "gate", "failed", "header_names",
+        "in_request", "request_started", "body_bytes", "gate", "failed", "header_names",
         "max_url", "max_headers", "max_body",
     )
 
@@ -296,8 +296,7 @@ class HttpProtocol(asyncio.Protocol):
         self.write_paused = False
         self.last_activity = time.monotonic()
         self.in_request = False
-        self.request_started = 0.0
-        self.fresh = True  # no request begun yet: the header timeout runs from the accept
+        self.request_started = 0.0  # stays 0.0 until a request begins: the header timeout runs from the accept
         self.failed = False  # a protocol error was answered: what still arrives is discarded
 
     # -- asyncio callbacks ----------------------------------------------------------------------
@@ -358,7 +357,6 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:  # pipelined behind the last request served before shutdown: not read
             raise _StopReading
         self.in_request = True
-        self.fresh = False
         self.request_started = self.last_activity
         self.url = b""
         self.headers = {}
@@ -434,12 +432,13 @@ class HttpProtocol(asyncio.Protocol):
         except Exception as exc:  # the app must never take the connection down with it
             self.app.handle_error(request, exc)
             reply = error_response(500, "internal error", close=False)
-        self.outbox.append((reply, keep_alive))
+        outbox = self.outbox
+        outbox.append((reply, keep_alive))
         if not keep_alive:
             self.closing = True
         if type(reply) is Ticket and reply.response is None:
             reply.waiters.append(self)
-            if len(self.outbox) >= MAX_PIPELINE:
+            if len(outbox) >= MAX_PIPELINE:
                 self._update_reading()
         else:
             self.write_ready()
@@ -455,8 +454,8 @@ class HttpProtocol(asyncio.Protocol):
                 if reply is None:
                     return
             if keep_alive and not reply.close:
-                transport = self.transport
-                if transport is None or transport.is_closing():
+                transport = self.transport  # set: a reply is owed, so connection_made() has run
+                if transport.is_closing():
                     return
                 outbox.clear()
                 wire = reply.wire  # render()'s cache, read here to save a call per reply
@@ -528,7 +527,7 @@ class HttpProtocol(asyncio.Protocol):
             self.time_out()
             return True
         # a connection that never began a request gets the header timeout, not the keep-alive one
-        limit = self.limits.header_timeout if self.fresh else self.limits.idle_timeout
+        limit = self.limits.header_timeout if self.request_started == 0.0 else self.limits.idle_timeout
         if not self.in_request and now - self.last_activity > limit:
             self.transport.close()
             return True
