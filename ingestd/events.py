@@ -509,20 +509,26 @@ def _query_rule(at: dict, event_type: EventType, api: bool) -> tuple | None:
 
 
 def _json_rule(at: dict, event_type: EventType) -> tuple | None:
-    """(event type, ints, numbers, texts, missing, has ks) for JSON bodies of this shape and type:
-    pickers of the values that must be integers, numbers, and non-empty strings."""
+    """(event type, checked, ints, numbers, kinds seen, missing, has ks) for JSON bodies of this shape
+    and type. `checked` picks the values that must be integers (the first `ints`), then numbers (up to
+    `numbers`), then non-empty strings; `kinds seen` holds their type tuples found valid so far."""
     texts = _required_texts(at, event_type)
     if texts is None:
         return None
     texts, missing = texts
-    return (
-        event_type,
-        _picker(["partnerId"] + sorted(_INT_FIELDS & at.keys())),
-        _picker(sorted(_FLOAT_FIELDS & at.keys())),
-        _picker(texts),
-        missing,
-        "ks" in at,
-    )
+    ints = ["partnerId"] + sorted(_INT_FIELDS & at.keys())
+    numbers = ints + sorted(_FLOAT_FIELDS & at.keys())
+    return (event_type, _picker(numbers + texts), len(ints), len(numbers), set(), missing, "ks" in at)
+
+
+KINDS_PER_RULE = 64  # type tuples remembered per JSON rule: a number field may come as int or float
+
+
+def _valid_kinds(kinds: tuple, ints: int, numbers: int) -> bool:
+    """Integers (not bool), then numbers, then strings: see _json_rule()."""
+    return (all(kind is int for kind in kinds[:ints])
+            and all(kind is int or kind is float for kind in kinds[ints:numbers])  # orjson: finite
+            and all(kind is str for kind in kinds[numbers:]))
 
 
 class _Shape:
@@ -585,14 +591,10 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
     return event_type, missing, ks, parts
 
 
-_INT_ONLY = frozenset({int})
-_STR_ONLY = frozenset({str})
-_NUMBER_TYPES = frozenset({int, float})  # JSON numbers are finite: orjson refuses 1e400
-
-
 def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventType, list[str], str | None] | None:
     """check_query() for a JSON body whose query string is service=analytics&action=trackEvent as the
-    player sends it (or empty, off the API path): (event type, missing, the ks or None), or None."""
+    player sends it (or empty, off the API path): (event type, missing, the ks or None), or None.
+    `obj` is as orjson.loads() makes it: integers from -2**63 up (past 64 bits it gives floats)."""
     if query != _API_QUERY and (api or query):
         return None
     raw_type = obj.get("eventType")
@@ -608,15 +610,19 @@ def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventT
         rule = _cache(_JSON_RULES, key, _json_rule(at, event_type) if at is not None else None)
     if rule is None:
         return None
-    event_type, ints, floats, texts, missing, has_ks = rule
-    numbers = ints(obj)
-    if not set(map(type, numbers)) <= _INT_ONLY or not _INT64_MIN <= min(numbers) <= max(numbers) <= _INT64_MAX:
-        return None  # a bool, a string or a float where an integer goes (or out of range)
-    if not set(map(type, floats(obj))) <= _NUMBER_TYPES:
-        return None  # an empty optional number (null, "") is not bad, but validate() tells
-    values = texts(obj)
-    if "" in values or not set(map(type, values)) <= _STR_ONLY:
-        return None  # a required text that is empty, or not a string (validate() tells which)
+    event_type, checked, ints, numbers, kinds_seen, missing, has_ks = rule
+    values = checked(obj)
+    # one tuple of types, usually one of the few this shape always sends; anything else (a bool, a
+    # string or null where a number goes, an empty optional number, a required text that is not a
+    # string) goes to validate(), which tells what is wrong
+    kinds = tuple(map(type, values))
+    if kinds not in kinds_seen:
+        if not _valid_kinds(kinds, ints, numbers):
+            return None
+        if len(kinds_seen) < KINDS_PER_RULE:
+            kinds_seen.add(kinds)
+    if max(values[:ints]) > _INT64_MAX or "" in values[numbers:]:
+        return None  # an integer past Int64, or a required text that is empty
     if missing and strict:
         return None
     if not has_ks:
