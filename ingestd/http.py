@@ -388,16 +388,17 @@ class HttpProtocol(asyncio.Protocol):
             headers[wanted] += b", " + value
         else:
             headers[wanted] = value
-
-    def on_headers_complete(self) -> None:
-        headers = self.headers
-        length = headers.get(b"content-length")
-        # llhttp has checked it is digits (with optional spaces around, which int() takes)
-        if length is not None and int(length) > self.max_body:
-            raise HttpError(413, f"request body over {self.max_body} bytes")
-        # curl asks before sending a body over 1 KiB and would otherwise wait a second; an interim
-        # reply may only go out when no earlier reply is still queued (replies stay in order)
-        if b"expect" in headers and not self.outbox and headers[b"expect"].lower() == b"100-continue":
+        # Content-Length and Expect act when they arrive: no on_headers_complete, a call per request
+        if wanted == b"content-length":
+            # llhttp has checked it is digits (with optional spaces around, which int() takes) and
+            # refuses a second Content-Length
+            if int(value) > self.max_body:
+                raise HttpError(413, f"request body over {self.max_body} bytes")
+        elif wanted == b"expect" and not self.outbox and headers[wanted].lower() == b"100-continue":
+            # curl asks before sending a body over 1 KiB and would otherwise wait a second; an interim
+            # reply may only go out when no earlier reply is still queued (replies stay in order). It
+            # goes before the headers after it are read: a Content-Length over the limit after it
+            # still gets its 413 (curl sends Expect last)
             self.transport.write(_CONTINUE)
 
     def on_body(self, body: bytes) -> None:

@@ -287,6 +287,14 @@ def test_expect_over_the_body_limit_is_413_without_100():
     assert parse_responses(transport.data)[0][0] == 413
 
 
+def test_expect_before_an_over_limit_length_gets_100_then_413():
+    app, proto, transport = connect(Limits(max_body=10))
+    proto.data_received(b"POST /echo HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\n")
+    data = bytes(transport.data)
+    assert data.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    assert parse_responses(data[len(b"HTTP/1.1 100 Continue\r\n\r\n"):])[0][0] == 413 and app.requests == []
+
+
 def test_many_tiny_chunks_over_limit_are_413():
     app, proto, transport = connect(Limits(max_body=20000))
     proto.data_received(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 20001)
