@@ -1,7 +1,7 @@
 # The front door: `make run` and `make test` install what they need themselves.
 # The interpreter: Debian's /usr/bin/python3.11 where it can make a venv (package python3.11-venv),
 # else python3 (any >= 3.11). Debian builds it with PGO and LTO, libpython linked in: the beacon path
-# costs ~5 % less CPU than on a --enable-shared build such as pyenv's (bench/RESULTS.md, "Interpreter").
+# costs ~5–8 % less CPU than on a --enable-shared build such as pyenv's (bench/RESULTS.md, "The interpreter").
 # `make PYTHON=/path/to/python3.x install` picks another (after `make clean` if .venv exists).
 PYTHON ?= $(shell /usr/bin/python3.11 -m ensurepip --version >/dev/null 2>&1 && echo /usr/bin/python3.11 || echo python3)
 VENV := .venv

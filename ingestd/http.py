@@ -288,7 +288,7 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: dict[bytes, bytes] = {}
         self.header_bytes = 0
-        self.body: list[bytes] | None = None  # a list of chunks once one arrives (most beacons are GETs); reset per request
+        self.body: list[bytes] | None = None  # chunks, once one arrives: most beacons are GETs
         self.body_bytes = 0  # running total: summing `body` per chunk is quadratic in the chunk count
         self.outbox: deque = deque()  # (Response | Ticket, keep_alive)
         self.closing = False
