@@ -51,3 +51,11 @@ def test_every_request_gets_the_status_its_label_promises():
         assert wrong == []
     finally:
         bench.close()
+
+
+def test_instruction_counter_child_runs_the_protocol_stage(capsys):
+    import instructions
+
+    instructions.run_stage(requests=200, seed=1, form="get", passes=1)
+    beacons = int(capsys.readouterr().out.split()[-1])
+    assert 0 < beacons < 200  # the GET part of the 200
