@@ -5,9 +5,9 @@ changes that other processes on a shared machine cannot disturb (wall and CPU ti
     .venv/bin/python bench/instructions.py --form get         # one part of it (get|json|text)
 
 It runs the stage under `valgrind --tool=callgrind` twice, after one warm-up pass: with no measured
-pass and with --passes of them; the difference divided by the beacons is the count per beacon. Python
-gives every object to malloc under valgrind, so the counts are higher than natively; the comparison
-between two commits holds. Needs valgrind (Debian package `valgrind`).
+pass and with --passes of them; the difference divided by the beacons is the count per beacon. A count
+compares two commits; it is not time (it sees no cache misses, nor how many instructions a cycle
+retires), so confirm a change with micro.py or make bench. Needs valgrind (Debian package `valgrind`).
 """
 from __future__ import annotations
 
