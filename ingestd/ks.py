@@ -110,11 +110,13 @@ def strip_from_query(query: bytes, mask: bytes = b"") -> bytes:
 def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
     """(the query without the pair whose value is parts[at], that value), given the query split into
     [name, value, name, value, …] with exactly one ks pair (events.check_query's fast path):
-    the pair is cut by its offset, with no search for escaped spellings of the name."""
+    the pair is found by its separators, with no search for escaped spellings of the name."""
     value = parts[at]
-    start = sum(map(len, parts[:at - 1])) + at - 1  # each earlier pair's '=' and '&'
-    end = start + len(parts[at - 1]) + 1 + len(value)
-    out = query[end + 1:] if at == 1 else query[:start - 1] + query[end:]
+    if at == 1:  # the first pair: 'ks=' value '&'
+        out = query[len(value) + 4:]
+    else:  # '&ks=' is there once: no name or value holds '&' or '=', and ks is not repeated
+        start = query.find(b"&ks=")
+        out = query[:start] + query[start + 4 + len(value):]
     probe = value[:MIN_SECRET_BYTES]  # _mask_echoes() inlined: this runs for every beacon with a ks
     # find() and int needles ('%', '+'): `bytes in bytes` first tries the needle as an int (~85 ns)
     if len(probe) == MIN_SECRET_BYTES and (out.find(probe) >= 0 or 37 in probe or 43 in probe):

@@ -117,6 +117,7 @@ def test_check_query_agrees_with_validate(query, api, strict):
     b"&preferredBitrate=2&ks=S0VZS0VZS0VZS0VZS0VZ&referrer=S0VZS0VZS0VZS0VZS0VZ",  # an echo of the ks
     b"ks=S0VZ&eventType=1&partnerId=1&entryId=e",  # the ks first
     b"eventType=1&partnerId=1&entryId=e&ks=",  # empty, last
+    b"eventType=1&xks=1&partnerId=1&ks=S0VZ&entryId=e&ksx=2",  # in the middle, among names ending or starting ks
 ])
 def test_check_query_cuts_the_ks_as_strip_from_query_does(query):
     assert assert_query_agrees(query, False, False)
