@@ -25,6 +25,7 @@ MAX_CONNECTIONS = 10000  # open beacon connections per process; each costs ~10 K
 EVICT_BATCH = 32  # idle connections closed at once when the limit is reached (as nginx drains 32)
 SLOW_REQUEST_EVICT = 1.0  # at the limit, a request still arriving after this long may be cut (slowloris)
 LINGER_SECONDS = 2.0  # after an error reply, unread input is drained this long: the client gets the reply, not a reset
+READ_BYTES = 256 * 1024  # the most one read hands over (uvloop reads into 250 KB, asyncio 256 KiB)
 
 STATUS_TEXT = {
     200: b"OK", 204: b"No Content", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
@@ -271,7 +272,7 @@ class HttpProtocol(asyncio.Protocol):
         "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
         "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
         "in_request", "request_started", "body_bytes", "gate", "failed", "header_names",
-        "max_url", "max_headers", "max_body",
+        "max_url", "max_headers", "max_body", "spanned", "max_span",
     )
 
     def __init__(self, app, limits: Limits | None = None, gate: ConnectionGate | None = None):
@@ -279,6 +280,12 @@ class HttpProtocol(asyncio.Protocol):
         self.limits = limits = limits or Limits()
         # the size limits, read per request: one attribute lookup instead of two
         self.max_url, self.max_headers, self.max_body = limits.max_url, limits.max_headers, limits.max_body
+        # What a request may span in reads after the one it began in. httptools buffers a header line
+        # until it ends, copying it once per read, and calls on_header only then: without this bound one
+        # endless header line takes unbounded memory and quadratic CPU. Above any request within the
+        # limits: a body in 1-byte chunks is 6 bytes a byte, and the last read may hold the next requests.
+        self.max_span = limits.max_url + limits.max_headers + 8 * limits.max_body + READ_BYTES
+        self.spanned = 0
         self.gate = gate
         self.wanted_headers: frozenset[bytes] = app.wanted_headers
         self.header_names = header_spellings(app.wanted_headers)
@@ -322,6 +329,14 @@ class HttpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_activity = time.monotonic()
+        if self.in_request:  # the request began in an earlier read (see max_span)
+            self.spanned += len(data)
+            if self.spanned > self.max_span:
+                if self.body is None:
+                    self._fail(431, f"request head not complete after {self.spanned} bytes")
+                else:
+                    self._fail(413, f"request body not complete after {self.spanned} bytes")
+                return
         if self.closing and not self.in_request:  # a request begun before shutdown() may finish
             return
         try:
@@ -358,6 +373,7 @@ class HttpProtocol(asyncio.Protocol):
             raise _StopReading
         self.in_request = True
         self.request_started = self.last_activity
+        self.spanned = 0
         self.url = b""
         self.headers = {}
         self.header_bytes = 0

@@ -390,6 +390,33 @@ def test_oversized_target_headers_and_body_are_refused(server):
     assert http_call(server, "GET", "/collect?eventType=3&partnerId=1&entryId=e")[0] == 200  # still serving
 
 
+def test_an_endless_header_line_is_cut_and_others_are_served_meanwhile(server):
+    before = server.metrics().get('ingestd_http_protocol_errors_total{status="431"}', 0)
+    reply, sent = b"", 0
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /collect HTTP/1.1\r\nX-Junk: ")
+        while not reply and sent < 64 << 20:  # unbounded, it would take all 64 MiB (and quadratic CPU)
+            try:
+                sock.sendall(b"x" * (1 << 20))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 1 << 20
+            assert http_call(server, "GET", "/collect?eventType=3&partnerId=1&entryId=e")[0] == 200
+            sock.setblocking(False)
+            try:
+                reply = sock.recv(4096)
+            except BlockingIOError:
+                pass
+            sock.setblocking(True)
+        while b"\r\n" not in reply:
+            chunk = sock.recv(4096)
+            assert chunk, "closed without a reply"
+            reply += chunk
+    # cut after ~0.8 MiB; what the sockets' buffers hold on top is sent before the reply is seen
+    assert reply.startswith(b"HTTP/1.1 431 ") and sent < 16 << 20, (reply[:100], sent)
+    assert server.metrics()['ingestd_http_protocol_errors_total{status="431"}'] == before + 1
+
+
 def test_unknown_parameters_land_in_extra_and_api_parameters_do_not(server):
     agent = "extra"
     query = ("service=analytics&action=trackEvent&apiVersion=3.3.0&format=1&eventType=1&partnerId=5&entryId=e"

@@ -249,6 +249,40 @@ def test_headers_over_limit_are_431():
     assert status == 431 and headers["connection"] == "close" and app.protocol_errors == [431]
 
 
+@pytest.mark.parametrize("head", [b"GET /echo HTTP/1.1\r\nX-Junk: ", b"GET /echo HTTP/1.1\r\nX-Junk"])
+def test_endless_header_line_is_431_after_a_bounded_span(head):
+    # httptools buffers a header line until it ends and calls on_header only then
+    app, proto, transport = connect()
+    proto.data_received(head)
+    reads = 0
+    while not transport.closed:
+        proto.data_received(b"x" * 65536)
+        reads += 1
+        assert reads <= proto.max_span // 65536 + 1, "the endless line was not cut"
+    [(status, _, body)] = parse_responses(transport.data)
+    assert status == 431 and b"not complete after" in body and app.protocol_errors == [431]
+
+
+def test_body_in_one_byte_chunks_up_to_the_limit_is_not_cut_by_the_span():
+    app, proto, transport = connect()
+    proto.data_received(b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunks = b"1\r\nx\r\n" * proto.max_body
+    for at in range(0, len(chunks), 4096):
+        proto.data_received(chunks[at:at + 4096])
+    proto.data_received(b"0\r\n\r\n" + GET % 1)  # a pipelined request behind it
+    [(s1, _, body), (s2, _, _)] = parse_responses(transport.data)
+    assert s1 == 200 and body.endswith(b"body=" + b"x" * proto.max_body) and s2 == 200
+
+
+def test_a_request_finished_in_a_long_pipelined_read_is_not_cut_by_the_span():
+    app, proto, transport = connect()
+    first = GET % 0
+    proto.data_received(first[:10])
+    proto.data_received(first[10:] + b"".join(GET % n for n in range(1, 4000)))  # ~200 KB in one read
+    responses = parse_responses(transport.data)
+    assert len(responses) == 4000 and {status for status, _, _ in responses} == {200}
+
+
 def test_declared_body_over_limit_is_413_before_it_arrives():
     app, proto, transport = connect(Limits(max_body=1000))
     proto.data_received(b"POST /echo HTTP/1.1\r\nContent-Length: 1001\r\n\r\n")
