@@ -62,6 +62,8 @@ def _v6_prefix(address: str) -> str:
         ip = ipaddress.IPv6Address(address.partition("%")[0])
     except ValueError:
         return address
+    if ip.ipv4_mapped is not None:  # an IPv4 client on a dual-stack listener: its own address, not ::ffff:0:0/64
+        return str(ip.ipv4_mapped)
     return ip.exploded[:19]  # 'xxxx:xxxx:xxxx:xxxx'
 
 

@@ -115,6 +115,17 @@ def test_ipv6_is_limited_per_64():
     assert limiter.allow("2001:db8:1:3::1") == 0
 
 
+def test_ipv4_mapped_peers_are_limited_per_address():
+    # a dual-stack listener ([::]:PORT) sees IPv4 clients as ::ffff:a.b.c.d: each is its own client
+    now = [0.0]
+    limiter = ratelimit.RateLimiter(0.5, clock=lambda: now[0])
+    assert limiter.allow("::ffff:198.51.100.1") == 0
+    assert limiter.allow("::ffff:198.51.100.2") == 0
+    assert limiter.allow("::ffff:198.51.100.3") == 0
+    assert limiter.allow("::ffff:198.51.100.1") > 0  # the same client again
+    assert limiter.allow("198.51.100.2") > 0  # the same bucket as its plain spelling
+
+
 def test_retry_after_grows_with_a_slow_rate():
     limiter = ratelimit.RateLimiter(0.1, clock=lambda: 0.0)
     assert limiter.allow("a") == 0
