@@ -272,7 +272,7 @@ class HttpProtocol(asyncio.Protocol):
         "app", "limits", "wanted_headers", "transport", "parser", "peer", "url", "headers",
         "header_bytes", "body", "outbox", "closing", "paused", "write_paused", "last_activity",
         "in_request", "request_started", "body_bytes", "gate", "failed", "header_names",
-        "max_url", "max_headers", "max_body", "spanned", "max_span",
+        "max_url", "max_headers", "max_body", "spanned", "max_span", "read_at",
     )
 
     def __init__(self, app, limits: Limits | None = None, gate: ConnectionGate | None = None):
@@ -301,7 +301,9 @@ class HttpProtocol(asyncio.Protocol):
         self.closing = False
         self.paused = False
         self.write_paused = False
-        self.last_activity = time.monotonic()
+        # activity is a request begun or answered, not any read: bare CRLFs between requests (which
+        # llhttp skips without a callback) must not keep a connection out of its timeouts
+        self.last_activity = self.read_at = time.monotonic()
         self.in_request = False
         self.request_started = 0.0  # stays 0.0 until a request begins: the header timeout runs from the accept
         self.failed = False  # a protocol error was answered: what still arrives is discarded
@@ -328,7 +330,7 @@ class HttpProtocol(asyncio.Protocol):
             self.app.connection_lost(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = time.monotonic()
+        self.read_at = time.monotonic()
         if self.in_request:  # the request began in an earlier read (see max_span)
             self.spanned += len(data)
             if self.spanned > self.max_span:
@@ -372,7 +374,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:  # pipelined behind the last request served before shutdown: not read
             raise _StopReading
         self.in_request = True
-        self.request_started = self.last_activity
+        self.request_started = self.read_at
         self.spanned = 0
         self.url = b""
         self.headers = {}
@@ -396,6 +398,10 @@ class HttpProtocol(asyncio.Protocol):
         if wanted is None:  # a spelling not in _LOWER_CASE
             wanted = name.lower()
             if wanted not in self.wanted_headers:
+                if wanted == b"upgrade":
+                    # llhttp would hand the rest of the connection (a POST's body too) to the new
+                    # protocol after the request: refused before the app sees it, one reply
+                    raise HttpError(400, "protocol upgrade is not supported: send no Upgrade header")
                 return
         elif not wanted:
             return
@@ -410,7 +416,8 @@ class HttpProtocol(asyncio.Protocol):
             # refuses a second Content-Length
             if int(value) > self.max_body:
                 raise HttpError(413, f"request body over {self.max_body} bytes")
-        elif wanted == b"expect" and not self.outbox and headers[wanted].lower() == b"100-continue":
+        elif (wanted == b"expect" and not self.outbox and headers[wanted].lower() == b"100-continue"
+              and self.parser.get_http_version() == "1.1"):  # RFC 9110 §10.1.1: ignored from HTTP/1.0
             # curl asks before sending a body over 1 KiB and would otherwise wait a second; an interim
             # reply may only go out when no earlier reply is still queued (replies stay in order). It
             # goes before the headers after it are read: a Content-Length over the limit after it
@@ -428,6 +435,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.in_request = False
+        self.last_activity = self.read_at
         parser = self.parser
         keep_alive = parser.should_keep_alive()
         url = self.url

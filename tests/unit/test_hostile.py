@@ -1,5 +1,6 @@
 """Unit tests of the hostile-input pieces: client IP and privacy modes, rate limit, ks redaction, connection gate."""
 import ipaddress
+import time
 import os
 
 import pytest
@@ -280,6 +281,22 @@ def test_fresh_connection_gets_the_header_timeout_and_idle_keepalive_the_idle_ti
     conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     assert not conn.check_timeout(conn.last_activity + 3)  # between requests: the idle timeout
     assert conn.check_timeout(conn.last_activity + 31)
+
+
+def test_bare_crlfs_do_not_hold_a_connection_past_its_timeouts():
+    # llhttp skips CR/LF before a request without a callback: they are not a request begun
+    app = App()
+    conn = HttpProtocol(app, Limits(header_timeout=2, idle_timeout=30))
+    conn.connection_made(FakeTransport())
+    conn.last_activity -= 1.5  # accepted 1.5 s ago
+    conn.data_received(b"\r\n")
+    assert conn.check_timeout(time.monotonic() + 1)  # no request begun: the header timeout from the accept
+    conn = HttpProtocol(app, Limits(header_timeout=2, idle_timeout=30))
+    conn.connection_made(FakeTransport())
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.last_activity -= 20  # answered 20 s ago
+    conn.data_received(b"\r\n\r\n")
+    assert conn.check_timeout(time.monotonic() + 15)  # idle since the last request, CRLFs or not
 
 
 def test_half_close_still_gets_the_queued_answers():

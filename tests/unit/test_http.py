@@ -306,6 +306,30 @@ def test_expect_100_continue_is_answered_before_the_body():
     assert parse_responses(final)[0][2] == b"POST /echo? body=hello"
 
 
+def test_expect_100_continue_is_ignored_from_http10():
+    # RFC 9110 §10.1.1: an HTTP/1.0 client cannot have sent a meaningful expectation
+    app, proto, transport = connect()
+    proto.data_received(b"POST /echo HTTP/1.0\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+    assert transport.data == b""
+    proto.data_received(b"hello")
+    assert not transport.data.startswith(b"HTTP/1.1 100")
+    assert parse_responses(transport.data)[0][2] == b"POST /echo? body=hello"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET /echo?a=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\nhello",
+])
+def test_upgrade_request_gets_one_400_and_never_reaches_the_app(request_bytes):
+    # llhttp would end the request at its head and give the rest to the new protocol (a POST body too)
+    app, proto, transport = connect()
+    proto.data_received(request_bytes)
+    responses = parse_responses(transport.data)
+    assert [status for status, _, _ in responses] == [400] and b"upgrade" in responses[0][2]
+    assert app.requests == [] and transport.closed
+
+
 def test_expect_100_continue_waits_behind_a_queued_reply():
     app, proto, transport = connect()
     proto.data_received(b"GET /later HTTP/1.1\r\n\r\n"
