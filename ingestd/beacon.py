@@ -29,6 +29,8 @@ _CORS_PREFLIGHT = Response(
 )
 _NOT_FOUND = error_response(404, "not found: beacons go to /api_v3/index.php or /collect", close=False)
 _NOT_ALLOWED = Response(405, b"method not allowed: use GET or POST\n", headers=b"allow: GET, POST, OPTIONS\r\n")
+# a reply to HEAD carries no content (RFC 9110 §9.3.2): a keep-alive client would read the body as the next reply
+_NOT_ALLOWED_HEAD = Response(405, headers=b"allow: GET, POST, OPTIONS\r\n")
 _OVER_CAP = Response(
     503, b"spool full: ClickHouse is behind; retry later\n", headers=b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS
 )
@@ -123,7 +125,7 @@ class BeaconApp:
             self.metrics.responses[204] += 1
             return _CORS_PREFLIGHT
         self.metrics.responses[405] += 1
-        return _NOT_ALLOWED
+        return _NOT_ALLOWED_HEAD if method == b"HEAD" else _NOT_ALLOWED
 
     def _post(self, request):
         content_type = request.headers.get(b"content-type", b"")

@@ -370,6 +370,14 @@ def test_unknown_path_is_404_and_other_methods_405(server):
         assert headers["allow"] == "GET, POST, OPTIONS" and headers["access-control-allow-origin"] == "*"
 
 
+def test_head_gets_a_405_without_content_and_the_connection_stays_in_step(server):
+    # a client reads no content after a reply to HEAD: content would be taken for the next reply
+    head = b"HEAD /collect HTTP/1.1\r\nHost: x\r\n\r\nOPTIONS /collect HTTP/1.1\r\nHost: x\r\n\r\n"
+    [(status, headers, body), (second, _, _)] = raw_exchange(server.port, head, 2)
+    assert status == 405 and headers["allow"] == "GET, POST, OPTIONS"
+    assert headers.get("content-length", "0") == "0" and body == b"" and second == 204
+
+
 def test_oversized_target_headers_and_body_are_refused(server):
     errors = server.metrics()
     target = "/collect?eventType=3&partnerId=1&entryId=e&pad=" + "x" * 8200
