@@ -20,11 +20,14 @@ READY_BACKLOG_SEGMENTS = 10  # more sealed segments than this waiting to ship = 
 QUERY_TIMEOUT = 60.0  # seconds one /query may run
 # Statements /query refuses before ClickHouse sees them (readonly=1 refuses them again).
 _WRITE_STATEMENT = re.compile(
-    r"^\s*(INSERT|ALTER|DROP|CREATE|SYSTEM|TRUNCATE|DELETE|UPDATE|RENAME|OPTIMIZE|ATTACH|DETACH|GRANT|REVOKE|KILL|SET|USE)\b",
+    r"(INSERT|ALTER|DROP|CREATE|SYSTEM|TRUNCATE|DELETE|UPDATE|RENAME|OPTIMIZE|ATTACH|DETACH|GRANT|REVOKE|KILL"
+    r"|SET|USE|BACKUP|RESTORE|UNDROP)\b",
     re.IGNORECASE,
 )
-# Read-only still lets chDB write a result file (readonly=1 does not cover it): refused anywhere.
-_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+# Read-only still lets chDB write a result file (readonly=1 does not cover it). Comments may sit
+# between INTO and OUTFILE, but a keyword cannot be split or quoted: the word is refused anywhere,
+# even inside a string or a name (a rare false positive).
+_OUTFILE = re.compile(r"OUTFILE", re.IGNORECASE)
 _TEXT = b"text/plain; charset=utf-8"
 _FORM = b"application/x-www-form-urlencoded"
 _OPEN_PATHS = (b"/healthz", b"/readyz")  # probes need no token: they reveal nothing
@@ -51,14 +54,40 @@ def unescape_param(text: str) -> str | None:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text, flags=re.DOTALL)
 
 
+def skip_comments(sql: str) -> str:
+    """`sql` from its first token: leading whitespace and comments skipped as ClickHouse's lexer
+    does (`--` and `#` to the end of the line, `/* */` nested), so no comment hides a statement."""
+    i, n = 0, len(sql)
+    while i < n:
+        if sql[i].isspace():
+            i += 1
+        elif sql.startswith(("--", "#"), i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            depth = 0
+            while i < n:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                    if depth == 0:
+                        break
+                else:
+                    i += 1
+        else:
+            break
+    return sql[i:]
+
+
 def refuse_reason(sql: str) -> str | None:
     """Why /query refuses `sql`, or None when it may run (read-only statements only)."""
-    stripped = re.sub(r"^(\s|--[^\n]*\n|/\*.*?\*/)*", "", sql, flags=re.DOTALL)
+    if _OUTFILE.search(sql):
+        return "read-only: OUTFILE is not allowed on /query (refused wherever the word appears)"
+    stripped = skip_comments(sql)
     match = _WRITE_STATEMENT.match(stripped)
     if match:
         return f"read-only: {match.group(1).upper()} statements are not allowed on /query"
-    if _OUTFILE.search(stripped):
-        return "read-only: INTO OUTFILE is not allowed on /query"
     if ";" in stripped.rstrip().rstrip(";"):
         return "read-only: one statement per query"
     return None

@@ -62,6 +62,17 @@ def test_query_refusals(sql):
     assert refuse_reason(sql).startswith("read-only:")
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT 'x' INTO/**/OUTFILE '/tmp/f' TRUNCATE FORMAT RawBLOB", "SELECT 'x' INTO -- c\nOUTFILE '/tmp/f'",
+    "SELECT 1 into\toutfile 'f'", "SELECT 'outfile'",  # the word anywhere, even in a string
+    "BACKUP TABLE analytics.events TO Disk('d', 'b')", "restore table t FROM Disk('d', 'b')", "UNDROP TABLE t",
+    "/* a /* nested */ still a comment */ UNDROP TABLE t", "# c\nUNDROP TABLE t", "-- c\n/* d */ -- e\nALTER TABLE t",
+])
+def test_query_refusals_past_comments(sql):
+    """No comment hides OUTFILE or a write statement (ClickHouse nests /* */ and reads # comments)."""
+    assert refuse_reason(sql).startswith("read-only:")
+
+
 def test_selects_pass():
     assert refuse_reason("SELECT count() FROM analytics.events FORMAT JSON") is None
 
