@@ -118,7 +118,10 @@ class QueryRunner:
 
 
 class AdminApp:
-    """Admin endpoints; `state` is the server object (spool, sink, metrics, hold event)."""
+    """Admin endpoints; `state` is the server object (spool, sink, metrics, hold event).
+
+    Every response is built with cors=False: with `access-control-allow-origin: *` any web page could
+    read /query results and /metrics from a browser on the operator's machine."""
 
     wanted_headers = frozenset({b"authorization", b"content-type"})
 
@@ -145,20 +148,23 @@ class AdminApp:
             given = request.headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.token):
                 return Response(401 if not given else 403, b"admin token required\n",
-                                headers=b"www-authenticate: Bearer\r\n")
+                                headers=b"www-authenticate: Bearer\r\n", cors=False)
         path = request.path
         if path == b"/healthz":
-            return Response(200, b"ok\n")
+            return Response(200, b"ok\n", cors=False)
         if path == b"/readyz":
             problem = self.state.not_ready_reason()
-            return Response(503, problem.encode() + b"\n") if problem else Response(200, b"ready\n")
+            return (Response(503, problem.encode() + b"\n", cors=False) if problem
+                    else Response(200, b"ready\n", cors=False))
         if path == b"/metrics":
-            return Response(200, self.state.metrics.render().encode(), b"text/plain; version=0.0.4")
+            return Response(200, self.state.metrics.render().encode(), b"text/plain; version=0.0.4",
+                            cors=False)
         if path == b"/query":
             return self._query(request)
         if path == b"/ship" and request.method == b"POST":
             return self._ship(request)
-        return error_response(404, "not found: /healthz /readyz /metrics /query /ship", close=False)
+        return error_response(404, "not found: /healthz /readyz /metrics /query /ship", close=False,
+                                  cors=False)
 
     def _ship(self, request) -> Response:
         args = dict(parse_qsl(request.query.decode("utf-8", "replace")))
@@ -169,8 +175,9 @@ class AdminApp:
             self.state.hold.clear()
             self.state.sink.wake.set()
         else:
-            return error_response(400, "action must be hold or resume", close=False)
-        return Response(200, f"shipping {'held' if self.state.hold.is_set() else 'running'}\n".encode())
+            return error_response(400, "action must be hold or resume", close=False, cors=False)
+        return Response(200, f"shipping {'held' if self.state.hold.is_set() else 'running'}\n".encode(),
+                        cors=False)
 
     def _query(self, request):
         args = dict(parse_qsl(request.query.decode("utf-8", "replace"), keep_blank_values=True))
@@ -185,21 +192,21 @@ class AdminApp:
             body = body.decode("utf-8", "replace")
             sql = f"{sql}\n{body}" if sql else body
         if not sql.strip():
-            return error_response(400, "query is missing: /query?query=SQL", close=False)
+            return error_response(400, "query is missing: /query?query=SQL", close=False, cors=False)
         reason = refuse_reason(sql)
         if reason:
-            return error_response(403, reason, close=False)
+            return error_response(403, reason, close=False, cors=False)
         fmt = args.pop("default_format", "TabSeparated")
         params = {k[len("param_"):]: unescape_param(v) for k, v in args.items() if k.startswith("param_")}
         ticket = Ticket()
 
         def run():
             try:
-                return Response(200, self.runner.run(sql, fmt, params), _TEXT)
+                return Response(200, self.runner.run(sql, fmt, params), _TEXT, cors=False)
             except Exception as exc:  # noqa: BLE001 - ClickHouse's message goes back to the caller
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 status = 403 if "readonly" in text.lower() or "Code: 164" in text else 400
-                return error_response(status, text[:2000], close=False)
+                return error_response(status, text[:2000], close=False, cors=False)
 
         future = self.loop.run_in_executor(None, run)
         future.add_done_callback(lambda f: ticket.resolve(f.result()))
