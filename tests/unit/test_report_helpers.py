@@ -94,3 +94,15 @@ def test_shipment_histograms():
                  'ingestd_insert_seconds_bucket{le="+Inf"} 3', "ingestd_insert_seconds_count 3",
                  "ingestd_insert_seconds_sum 20.320000", "ingestd_batch_rows_last 2000000"):
         assert line in text.splitlines(), line
+
+
+def test_workers_metrics_take_the_max_of_batch_rows_last():
+    """ingestd_batch_rows_last is one segment's rows: over --workers it is not summed."""
+    from ingestd.metrics import Metrics
+
+    owner, other = Metrics(), Metrics()
+    owner.batch_rows_last, other.batch_rows_last = 300, 500
+    owner.peers.append(other.snapshot)
+    text = owner.render().splitlines()
+    assert "ingestd_batch_rows_last 500" in text
+    assert "ingestd_batch_rows_count 2" in text  # the histogram still adds up
