@@ -69,6 +69,9 @@ def cmd_migrate(args) -> int:
             applied = cluster.migrate(dsn, args.cluster)
         except cluster.ClusterSchemaError as exc:
             raise SystemExit(f"ingestd: {exc}") from None
+    elif args.dry_run:  # nothing is opened: connecting alone would create an embedded database
+        sys.stdout.write(clickhouse.render())
+        return 0
     else:
         client = clickhouse.connect(dsn)
         try:
@@ -183,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply schema/ to ClickHouse (idempotent)")
     p.add_argument("--clickhouse", help=f"DSN (env INGESTD_CLICKHOUSE; default {DEFAULT_DSN})")
     p.add_argument("--cluster", default="", help="create ReplicatedMergeTree + Distributed tables ON CLUSTER NAME")
-    p.add_argument("--dry-run", action="store_true", help="with --cluster: print the SQL instead of running it")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it (every file, "
+                   "the ON CLUSTER form with --cluster); opens nothing")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("query", help="run read-only SQL and print the result")
