@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean distclean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,5 +27,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	bash bench/run.sh
 
+# clean keeps ./data: it holds the spool (events already answered 200 but not yet shipped) and the
+# embedded database. distclean deletes them too.
 clean:
-	rm -rf $(VENV) data
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf data

@@ -20,11 +20,14 @@ READY_BACKLOG_SEGMENTS = 10  # more sealed segments than this waiting to ship = 
 QUERY_TIMEOUT = 60.0  # seconds one /query may run
 # Statements /query refuses before ClickHouse sees them (readonly=1 refuses them again).
 _WRITE_STATEMENT = re.compile(
-    r"^\s*(INSERT|ALTER|DROP|CREATE|SYSTEM|TRUNCATE|DELETE|UPDATE|RENAME|OPTIMIZE|ATTACH|DETACH|GRANT|REVOKE|KILL|SET|USE)\b",
+    r"(INSERT|ALTER|DROP|CREATE|SYSTEM|TRUNCATE|DELETE|UPDATE|RENAME|OPTIMIZE|ATTACH|DETACH|GRANT|REVOKE|KILL"
+    r"|SET|USE|BACKUP|RESTORE|UNDROP)\b",
     re.IGNORECASE,
 )
-# Read-only still lets chDB write a result file (readonly=1 does not cover it): refused anywhere.
-_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
+# Read-only still lets chDB write a result file (readonly=1 does not cover it). Comments may sit
+# between INTO and OUTFILE, but a keyword cannot be split or quoted: the word is refused anywhere,
+# even inside a string or a name (a rare false positive).
+_OUTFILE = re.compile(r"OUTFILE", re.IGNORECASE)
 _TEXT = b"text/plain; charset=utf-8"
 _FORM = b"application/x-www-form-urlencoded"
 _OPEN_PATHS = (b"/healthz", b"/readyz")  # probes need no token: they reveal nothing
@@ -51,14 +54,40 @@ def unescape_param(text: str) -> str | None:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), text, flags=re.DOTALL)
 
 
+def skip_comments(sql: str) -> str:
+    """`sql` from its first token: leading whitespace and comments skipped as ClickHouse's lexer
+    does (`--` and `#` to the end of the line, `/* */` nested), so no comment hides a statement."""
+    i, n = 0, len(sql)
+    while i < n:
+        if sql[i].isspace():
+            i += 1
+        elif sql.startswith(("--", "#"), i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            depth = 0
+            while i < n:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                    if depth == 0:
+                        break
+                else:
+                    i += 1
+        else:
+            break
+    return sql[i:]
+
+
 def refuse_reason(sql: str) -> str | None:
     """Why /query refuses `sql`, or None when it may run (read-only statements only)."""
-    stripped = re.sub(r"^(\s|--[^\n]*\n|/\*.*?\*/)*", "", sql, flags=re.DOTALL)
+    if _OUTFILE.search(sql):
+        return "read-only: OUTFILE is not allowed on /query (refused wherever the word appears)"
+    stripped = skip_comments(sql)
     match = _WRITE_STATEMENT.match(stripped)
     if match:
         return f"read-only: {match.group(1).upper()} statements are not allowed on /query"
-    if _OUTFILE.search(stripped):
-        return "read-only: INTO OUTFILE is not allowed on /query"
     if ";" in stripped.rstrip().rstrip(";"):
         return "read-only: one statement per query"
     return None
@@ -89,7 +118,10 @@ class QueryRunner:
 
 
 class AdminApp:
-    """Admin endpoints; `state` is the server object (spool, sink, metrics, hold event)."""
+    """Admin endpoints; `state` is the server object (spool, sink, metrics, hold event).
+
+    Every response is built with cors=False: with `access-control-allow-origin: *` any web page could
+    read /query results and /metrics from a browser on the operator's machine."""
 
     wanted_headers = frozenset({b"authorization", b"content-type"})
 
@@ -116,20 +148,23 @@ class AdminApp:
             given = request.headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.token):
                 return Response(401 if not given else 403, b"admin token required\n",
-                                headers=b"www-authenticate: Bearer\r\n")
+                                headers=b"www-authenticate: Bearer\r\n", cors=False)
         path = request.path
         if path == b"/healthz":
-            return Response(200, b"ok\n")
+            return Response(200, b"ok\n", cors=False)
         if path == b"/readyz":
             problem = self.state.not_ready_reason()
-            return Response(503, problem.encode() + b"\n") if problem else Response(200, b"ready\n")
+            return (Response(503, problem.encode() + b"\n", cors=False) if problem
+                    else Response(200, b"ready\n", cors=False))
         if path == b"/metrics":
-            return Response(200, self.state.metrics.render().encode(), b"text/plain; version=0.0.4")
+            return Response(200, self.state.metrics.render().encode(), b"text/plain; version=0.0.4",
+                            cors=False)
         if path == b"/query":
             return self._query(request)
         if path == b"/ship" and request.method == b"POST":
             return self._ship(request)
-        return error_response(404, "not found: /healthz /readyz /metrics /query /ship", close=False)
+        return error_response(404, "not found: /healthz /readyz /metrics /query /ship", close=False,
+                                  cors=False)
 
     def _ship(self, request) -> Response:
         args = dict(parse_qsl(request.query.decode("utf-8", "replace")))
@@ -140,8 +175,9 @@ class AdminApp:
             self.state.hold.clear()
             self.state.sink.wake.set()
         else:
-            return error_response(400, "action must be hold or resume", close=False)
-        return Response(200, f"shipping {'held' if self.state.hold.is_set() else 'running'}\n".encode())
+            return error_response(400, "action must be hold or resume", close=False, cors=False)
+        return Response(200, f"shipping {'held' if self.state.hold.is_set() else 'running'}\n".encode(),
+                        cors=False)
 
     def _query(self, request):
         args = dict(parse_qsl(request.query.decode("utf-8", "replace"), keep_blank_values=True))
@@ -156,21 +192,21 @@ class AdminApp:
             body = body.decode("utf-8", "replace")
             sql = f"{sql}\n{body}" if sql else body
         if not sql.strip():
-            return error_response(400, "query is missing: /query?query=SQL", close=False)
+            return error_response(400, "query is missing: /query?query=SQL", close=False, cors=False)
         reason = refuse_reason(sql)
         if reason:
-            return error_response(403, reason, close=False)
+            return error_response(403, reason, close=False, cors=False)
         fmt = args.pop("default_format", "TabSeparated")
         params = {k[len("param_"):]: unescape_param(v) for k, v in args.items() if k.startswith("param_")}
         ticket = Ticket()
 
         def run():
             try:
-                return Response(200, self.runner.run(sql, fmt, params), _TEXT)
+                return Response(200, self.runner.run(sql, fmt, params), _TEXT, cors=False)
             except Exception as exc:  # noqa: BLE001 - ClickHouse's message goes back to the caller
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 status = 403 if "readonly" in text.lower() or "Code: 164" in text else 400
-                return error_response(status, text[:2000], close=False)
+                return error_response(status, text[:2000], close=False, cors=False)
 
         future = self.loop.run_in_executor(None, run)
         future.add_done_callback(lambda f: ticket.resolve(f.result()))

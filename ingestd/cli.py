@@ -5,9 +5,6 @@ import argparse
 import dataclasses
 import logging
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 
 import orjson
 
@@ -16,7 +13,6 @@ from . import __version__, config, logs
 log = logging.getLogger("ingestd")
 
 DEFAULT_DSN = config.Settings.clickhouse
-DEFAULT_ADMIN_URL = "http://127.0.0.1:9100"
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +65,9 @@ def cmd_migrate(args) -> int:
             applied = cluster.migrate(dsn, args.cluster)
         except cluster.ClusterSchemaError as exc:
             raise SystemExit(f"ingestd: {exc}") from None
+    elif args.dry_run:  # nothing is opened: connecting alone would create an embedded database
+        sys.stdout.write(clickhouse.render())
+        return 0
     else:
         client = clickhouse.connect(dsn)
         try:
@@ -79,28 +78,13 @@ def cmd_migrate(args) -> int:
     return 0
 
 
-def admin_query(admin_url: str, sql: str, fmt: str, params: dict | None = None, token: str = "") -> bytes:
-    """Run read-only SQL through a running server's admin listener."""
-    query = {"query": sql, "default_format": fmt}
-    for key, value in (params or {}).items():
-        query[f"param_{key}"] = str(value)
-    url = admin_url.rstrip("/") + "/query?" + urllib.parse.urlencode(query)
-    request = urllib.request.Request(url, method="GET")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        raise SystemExit(f"ingestd: {exc.code}: {exc.read().decode('utf-8', 'replace').strip()}") from None
-    except urllib.error.URLError as exc:
-        raise SystemExit(f"ingestd: cannot reach the admin listener at {admin_url}: {exc.reason}") from None
-
-
 def direct_query(dsn: str, sql: str, fmt: str, params: dict | None = None) -> bytes:
     """Run SQL on a database this process opens itself (the server must not be running on it)."""
-    from . import clickhouse
+    from . import clickhouse, reports
 
+    if reports.held_by_server(dsn):  # checked first: chDB's own error would not say what to do
+        raise SystemExit("ingestd: the embedded database is in use by a running server: "
+                         "use --admin URL to query through it")
     try:
         client = clickhouse.connect(dsn)
     except Exception as exc:  # noqa: BLE001
@@ -122,8 +106,11 @@ def direct_query(dsn: str, sql: str, fmt: str, params: dict | None = None) -> by
 
 def cmd_query(args) -> int:
     sql = args.sql if args.sql != "-" else sys.stdin.read()
-    if args.admin:
-        out = admin_query(args.admin, sql, args.format, token=args.admin_token or "")
+    if args.admin:  # as `report --admin` does: a POST, HOST:PORT accepted, the configured token by default
+        from . import reports
+
+        token = args.admin_token or config.load({}).admin_token
+        out = reports.admin_request(args.admin, sql, {}, args.format, token)
     else:
         out = direct_query(args.clickhouse or config.load({}).clickhouse, sql, args.format)
     sys.stdout.write(out.decode("utf-8", "replace"))
@@ -183,15 +170,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", help="apply schema/ to ClickHouse (idempotent)")
     p.add_argument("--clickhouse", help=f"DSN (env INGESTD_CLICKHOUSE; default {DEFAULT_DSN})")
     p.add_argument("--cluster", default="", help="create ReplicatedMergeTree + Distributed tables ON CLUSTER NAME")
-    p.add_argument("--dry-run", action="store_true", help="with --cluster: print the SQL instead of running it")
+    p.add_argument("--dry-run", action="store_true", help="print the SQL instead of running it (every file, "
+                   "the ON CLUSTER form with --cluster); opens nothing")
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("query", help="run read-only SQL and print the result")
     p.add_argument("sql", help="the SQL, or - to read it from stdin")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--admin", help="a running server's admin URL, e.g. http://127.0.0.1:9100")
+    g.add_argument("--admin", metavar="URL", help="a running server's admin URL, e.g. http://127.0.0.1:9100 "
+                   "or 127.0.0.1:9100")
     g.add_argument("--clickhouse", help="open this DSN directly (the server must not hold it)")
-    p.add_argument("--admin-token", default=None, help="bearer token for --admin")
+    p.add_argument("--admin-token", default=None, help="bearer token for --admin (env INGESTD_ADMIN_TOKEN)")
     p.add_argument("--format", default="PrettyCompactMonoBlock", help="ClickHouse output format")
     p.set_defaults(func=cmd_query)
 

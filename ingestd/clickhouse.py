@@ -121,16 +121,31 @@ def migration_files(schema_dir: Path = SCHEMA_DIR) -> list[Path]:
     return sorted(p for p in schema_dir.glob("[0-9][0-9][0-9]_*.sql"))
 
 
+_RECORD_STATEMENTS = (  # run before the files: the database and the record of applied files
+    f"CREATE DATABASE IF NOT EXISTS {DATABASE}",
+    f"CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations "
+    "(version String, applied_at DateTime64(3) DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version",
+)
+
+
+def render(schema_dir: Path = SCHEMA_DIR) -> str:
+    """Every statement `migrate` may run, as one SQL script (`ingestd migrate --dry-run`), laid out as
+    cluster.render does. Nothing is opened: files already recorded would be skipped by a real run."""
+    lines = ["-- database and migrations record"]
+    lines.extend(statement + ";\n" for statement in _RECORD_STATEMENTS)
+    for path in migration_files(schema_dir):
+        lines.append(f"-- {path.name}")
+        lines.extend(statement.rstrip() + ";\n" for statement in split_statements(path.read_text()))
+    return "\n".join(lines)
+
+
 def migrate(client, schema_dir: Path = SCHEMA_DIR) -> list[str]:
     """Apply numbered schema files not yet recorded in analytics.schema_migrations; return their names.
 
     Every statement is idempotent (IF NOT EXISTS), so a crash between a file and its record is safe.
     """
-    client.command(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-    client.command(
-        f"CREATE TABLE IF NOT EXISTS {DATABASE}.schema_migrations "
-        "(version String, applied_at DateTime64(3) DEFAULT now64(3)) ENGINE = MergeTree ORDER BY version"
-    )
+    for statement in _RECORD_STATEMENTS:
+        client.command(statement)
     done = {row[0] for row in client.query(f"SELECT version FROM {DATABASE}.schema_migrations").result_rows}
     applied = []
     for path in migration_files(schema_dir):

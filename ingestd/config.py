@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -19,6 +20,13 @@ class ConfigError(ValueError):
     """An invalid setting; the message names the key."""
 
 
+def _finite(value):
+    """float() reads 'nan' and 'inf': a NaN passes every comparison, so refuse both here."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("expected a finite number")
+    return value
+
+
 def _size(text) -> int:
     """'512M', '2G', '1048576' -> bytes."""
     if isinstance(text, int):
@@ -26,7 +34,7 @@ def _size(text) -> int:
     s = str(text).strip().upper().removesuffix("B").removesuffix("I")
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     if s and s[-1] in units:
-        return int(float(s[:-1]) * units[s[-1]])
+        return int(_finite(float(s[:-1])) * units[s[-1]])
     return int(s)
 
 
@@ -48,7 +56,7 @@ def _choice(*options):
 
 def _rate(text) -> float:
     """'100/s' or '100' -> requests per second per IP; 0 disables."""
-    value = float(str(text).strip().removesuffix("/s"))
+    value = _finite(float(str(text).strip().removesuffix("/s")))
     if value < 0:
         raise ValueError("must be >= 0")
     return value
@@ -75,7 +83,7 @@ def _bool(text) -> bool:
 
 def _positive(kind):
     def parse(text):
-        value = kind(text)
+        value = _finite(kind(text))
         if value <= 0:
             raise ValueError("must be > 0")
         return value
@@ -84,7 +92,7 @@ def _positive(kind):
 
 def _non_negative(kind):
     def parse(text):
-        value = kind(text)
+        value = _finite(kind(text))
         if value < 0:
             raise ValueError("must be >= 0")
         return value
@@ -168,6 +176,8 @@ def _reason(exc: Exception) -> str:
         return "expected an integer"
     if text.startswith("could not convert string to float"):
         return "expected a number"
+    if isinstance(exc, OverflowError):  # int() of an infinite float (a TOML `inf`)
+        return "expected a finite number"
     return text
 
 
@@ -175,7 +185,7 @@ def _parse(name: str, value, source: str):
     """Parse one value; the error names the key as the user wrote it (--flag, INGESTD_VAR or TOML key)."""
     try:
         return FIELDS[name].metadata["parse"](value)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         if source == "flag":
             key = f"--{name.replace('_', '-')} {value!r}"
         elif source == "environment":

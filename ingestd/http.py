@@ -41,17 +41,19 @@ _NOT_RENDERED = (None, None, None)
 
 
 class Response:
-    """A complete reply. `headers` is preformatted bytes (each line ending in CRLF)."""
+    """A complete reply. `headers` is preformatted bytes (each line ending in CRLF).
+    `cors` adds `access-control-allow-origin: *`: beacons need it, the admin listener must not have it."""
 
-    __slots__ = ("status", "body", "content_type", "headers", "close", "wire")
+    __slots__ = ("status", "body", "content_type", "headers", "close", "cors", "wire")
 
     def __init__(self, status: int, body: bytes = b"", content_type: bytes = b"text/plain",
-                 headers: bytes = b"", close: bool = False):
+                 headers: bytes = b"", close: bool = False, cors: bool = True):
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers
         self.close = close
+        self.cors = cors
         self.wire: tuple = _NOT_RENDERED  # render()'s cache: (date header, keep-alive bytes, close bytes)
 
 
@@ -120,7 +122,7 @@ def _render(response: Response, keep_alive: bool) -> bytes:
         b"HTTP/1.1 %d %s\r\n" % (status, STATUS_TEXT.get(status, b"Unknown")),
         CLOCK.date_header,
         entity,
-        _COMMON,
+        _COMMON if response.cors else b"",
         response.headers,
         # keep-alive is explicit, as nginx does: an HTTP/1.0 client (ab -k) only reuses the
         # connection when told so; HTTP/1.1 clients ignore it
@@ -250,8 +252,8 @@ class _StopReading(Exception):
     """Raised in a parser callback to stop parsing a closing connection's input."""
 
 
-def error_response(status: int, reason: str, close: bool = True) -> Response:
-    return Response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
+def error_response(status: int, reason: str, close: bool = True, cors: bool = True) -> Response:
+    return Response(status, reason.encode("utf-8", "replace") + b"\n", close=close, cors=cors)
 
 
 def _origin_form(url: bytes) -> bytes:

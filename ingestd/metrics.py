@@ -28,7 +28,8 @@ def render_histogram(name: str, help_text: str, bounds: tuple, buckets: Counter,
 
 
 # Values that describe the service, not an amount: added up over --workers processes they take the max.
-NOT_SUMMED = frozenset({"ingestd_clickhouse_connected", "ingestd_shipping_held", "batch_rows_last"})
+# Gauge names, or the snapshot key (the attribute name) of a plain value.
+NOT_SUMMED = frozenset({"ingestd_clickhouse_connected", "ingestd_shipping_held", "_batch_rows_last"})
 
 
 class Metrics:

@@ -115,3 +115,19 @@ def test_dry_run_prints_the_sql_and_a_cluster_clickhouse_lacks_fails_in_one_line
     assert result.returncode == 1
     assert result.stderr.startswith("ingestd: cluster migration stopped at the database: CREATE DATABASE")
     assert "CLUSTER_DOESNT_EXIST" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_without_a_cluster_prints_the_sql_and_changes_nothing(tmp_path):
+    """`migrate --dry-run` used to migrate for real when no cluster was named."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INGESTD_")}
+    env["PYTHONPATH"] = str(REPO)
+    for dsn in ([], ["--clickhouse", f"chdb://{tmp_path / 'ch'}"]):
+        result = subprocess.run([sys.executable, "-m", "ingestd", "migrate", "--dry-run", *dsn], capture_output=True,
+                                text=True, env=env, cwd=tmp_path, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert "CREATE DATABASE IF NOT EXISTS analytics;" in result.stdout
+        assert "CREATE TABLE IF NOT EXISTS analytics.events\n" in result.stdout
+        assert [line for line in result.stdout.splitlines() if line.startswith("-- 0")] == [
+            f"-- {p.name}" for p in clickhouse.migration_files()]
+        assert "ON CLUSTER" not in result.stdout and "migration(s)" not in result.stdout
+    assert list(tmp_path.iterdir()) == []  # neither ./data nor the named directory was created

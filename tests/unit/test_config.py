@@ -73,6 +73,24 @@ def test_bad_configuration_names_the_key(toml, flags, environ, file_text, expect
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("name, value", [
+    ("rate_limit", "nan"), ("rate_limit", "inf/s"), ("header_timeout", "nan"), ("idle_timeout", "inf"),
+    ("drain_timeout", "nan"), ("ready_timeout", "inf"), ("spool_max_bytes", "infG"), ("segment_max_bytes", "nanM"),
+])
+def test_non_finite_numbers_are_refused_with_one_line(name, value):
+    """NaN passes every comparison (a NaN rate limit made every beacon a 500); inf overflowed int()."""
+    with pytest.raises(ConfigError) as raised:
+        load({name: value}, environ={})
+    assert str(raised.value) == f"--{name.replace('_', '-')} {value!r}: expected a finite number"
+
+
+@pytest.mark.parametrize("line", ["header_timeout = nan", "drain_timeout = inf", "workers = inf", "loop_nice = -inf"])
+def test_non_finite_toml_numbers_are_refused(toml, line):
+    """TOML has its own nan and inf literals: int() of them overflows, which is a one-line error too."""
+    with pytest.raises(ConfigError, match=f"{line.split()[0]} = .*: expected a finite number$"):
+        load({"config": toml(line + "\n")}, environ={})
+
+
 def test_missing_config_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read .*absent.toml"):
         load({"config": str(tmp_path / "absent.toml")}, environ={})
@@ -89,6 +107,12 @@ def test_serve_with_bad_configuration_exits_2_with_one_line():
     result = run_cli("serve", "--workers", "many")
     assert result.returncode == 2
     assert result.stderr == "ingestd: invalid configuration: --workers 'many': expected an integer\n"
+
+
+def test_an_infinite_size_is_one_line_not_a_traceback():
+    result = run_cli("serve", "--spool-max-bytes", "infG", "--print-config")
+    assert result.returncode == 2
+    assert result.stderr == "ingestd: invalid configuration: --spool-max-bytes 'infG': expected a finite number\n"
 
 
 def test_print_config_shows_the_effective_settings_with_secrets_redacted(toml, monkeypatch, capsys):

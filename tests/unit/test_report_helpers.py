@@ -62,6 +62,17 @@ def test_query_refusals(sql):
     assert refuse_reason(sql).startswith("read-only:")
 
 
+@pytest.mark.parametrize("sql", [
+    "SELECT 'x' INTO/**/OUTFILE '/tmp/f' TRUNCATE FORMAT RawBLOB", "SELECT 'x' INTO -- c\nOUTFILE '/tmp/f'",
+    "SELECT 1 into\toutfile 'f'", "SELECT 'outfile'",  # the word anywhere, even in a string
+    "BACKUP TABLE analytics.events TO Disk('d', 'b')", "restore table t FROM Disk('d', 'b')", "UNDROP TABLE t",
+    "/* a /* nested */ still a comment */ UNDROP TABLE t", "# c\nUNDROP TABLE t", "-- c\n/* d */ -- e\nALTER TABLE t",
+])
+def test_query_refusals_past_comments(sql):
+    """No comment hides OUTFILE or a write statement (ClickHouse nests /* */ and reads # comments)."""
+    assert refuse_reason(sql).startswith("read-only:")
+
+
 def test_selects_pass():
     assert refuse_reason("SELECT count() FROM analytics.events FORMAT JSON") is None
 
@@ -83,3 +94,15 @@ def test_shipment_histograms():
                  'ingestd_insert_seconds_bucket{le="+Inf"} 3', "ingestd_insert_seconds_count 3",
                  "ingestd_insert_seconds_sum 20.320000", "ingestd_batch_rows_last 2000000"):
         assert line in text.splitlines(), line
+
+
+def test_workers_metrics_take_the_max_of_batch_rows_last():
+    """ingestd_batch_rows_last is one segment's rows: over --workers it is not summed."""
+    from ingestd.metrics import Metrics
+
+    owner, other = Metrics(), Metrics()
+    owner.batch_rows_last, other.batch_rows_last = 300, 500
+    owner.peers.append(other.snapshot)
+    text = owner.render().splitlines()
+    assert "ingestd_batch_rows_last 500" in text
+    assert "ingestd_batch_rows_count 2" in text  # the histogram still adds up
