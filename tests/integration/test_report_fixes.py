@@ -60,12 +60,13 @@ def db(tmp_path_factory):
         send(client, AFTER, f"eventType=3&partnerId={SESSION_PARTNER}&entryId=s1&sessionId=")
         send(client, AFTER, f"eventType=3&partnerId={SESSION_PARTNER}&entryId=s1&sessionId=a")
         # defect 3: partnerId=-1 is a valid partner; missing and non-integer partners are not
-        for query, reason in (("eventType=1&partnerId=-1", "missing_entry_id"),
-                              ("eventType=1&partnerId=-1", "missing_entry_id"),
-                              ("eventType=1&entryId=x", "missing_partner_id"),
-                              ("eventType=1&partnerId=abc&entryId=x", "bad_partner_id"),
-                              (f"eventType=1&partnerId={-(1 << 63)}", "missing_entry_id")):
-            send(client, AFTER, query, "r", reason, f"{reason} message")
+        # (each insert differs: identical blocks are dropped by the tables' deduplication window)
+        for n, (query, reason) in enumerate((("eventType=1&partnerId=-1", "missing_entry_id"),
+                                             ("eventType=1&partnerId=-1", "missing_entry_id"),
+                                             ("eventType=1&entryId=x", "missing_partner_id"),
+                                             ("eventType=1&partnerId=abc&entryId=x", "bad_partner_id"),
+                                             (f"eventType=1&partnerId={-(1 << 63)}", "missing_entry_id"))):
+            send(client, AFTER + n, query, "r", reason, f"{reason} message")
         yield client
     finally:
         client.close()
