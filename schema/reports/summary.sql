@@ -7,10 +7,11 @@
 --   loads               = impressions, count of eventType 1
 --   plays               = count of eventType 3
 --   load_play_ratio     = plays / loads
---   unique_viewers      = uniq(userId) over plays; a play without userId counts its sessionId
+--   unique_viewers      = uniq(userId) over plays; a play without userId counts its sessionId,
+--                         a play with neither is not counted
 --                         (ClickHouse uniq: adaptive sampling of up to 65 536 hashes, so exact
 --                         below that, barring hash collisions, and approximate above)
---   sessions            = uniq(sessionId) over all events
+--   sessions            = uniq(sessionId) over the events that carry one
 --   minutes_viewed      = 10 s per VIEW event (eventType 99) / 60
 --   avg_time_viewed     = minutes_viewed / plays (minutes per play)
 --   play_through_ratio  = reached 100 % (eventType 14) / plays

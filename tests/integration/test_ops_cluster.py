@@ -131,3 +131,18 @@ def test_dry_run_without_a_cluster_prints_the_sql_and_changes_nothing(tmp_path):
             f"-- {p.name}" for p in clickhouse.migration_files()]
         assert "ON CLUSTER" not in result.stdout and "migration(s)" not in result.stdout
     assert list(tmp_path.iterdir()) == []  # neither ./data nor the named directory was created
+
+
+def test_replaced_views_are_dropped_and_recreated_on_every_node(parse):
+    """Migrations that replace a view (DROP VIEW + CREATE) and add a Nullable-keyed table stay clustered."""
+    steps = dict(cluster.plan(CLUSTER))
+    for file_name, views in (("009_referrer_domain.sql", ["referrer_daily_mv"]),
+                             ("010_nonempty_ids.sql", ["entry_hourly_mv", "context_daily_mv", "referrer_daily_mv"]),
+                             ("011_rejections_partner_nullable.sql", ["rejections_daily_mv"])):
+        texts = [parse(s).replace("`", "") for s in steps[file_name]]
+        drops = [t for t in texts if t.startswith("DROP")]
+        assert drops == [f"DROP VIEW IF EXISTS analytics.{v} ON CLUSTER {CLUSTER}" for v in views], file_name
+    texts = [parse(s).replace("`", "") for s in steps["011_rejections_partner_nullable.sql"]]
+    assert "ReplicatedAggregatingMergeTree('/clickhouse/tables/{shard}/analytics/rejections_daily_v2_local'" in texts[0]
+    assert "allow_nullable_key = 1" in texts[0] and "replicated_deduplication_window = 10000" in texts[0]
+    assert "TO analytics.rejections_daily_v2_local" in texts[3] and "FROM analytics.rejected_events_local" in texts[3]

@@ -40,7 +40,8 @@ SESSIONS = 72
 PARTNERS = {1001: ["0_a1", "0_a2", "0_o'brien"], 2002: ["1_b1", "1_b2", "1_b3"], 3003: ["2_c1", "2_c2"]}
 USERS = [f"user{n}@example.com" for n in range(20)]
 URLS = ["https://www.news-site.com/article/1", "http://blog.example.org/post?id=7&x=%20y",
-        "https://Video.Portal.TV/watch?v=9", "https://news-site.com/other", "http://localhost:8080/test"]
+        "https://Video.Portal.TV/watch?v=9", "https://news-site.com/other", "http://localhost:8080/test",
+        "https://WWW.News-Site.com/upper", "http://[2001:db8::1]:8080/x"]
 VARIANTS = ("plain", "percent_once", "percent_twice", "base64", "base64_unescaped", "base64_urlsafe",
             "none", "garbage")
 SPEEDS = (0.5, 1.25, 1.5, 2.0)
@@ -84,6 +85,8 @@ def referrer_param(rng: random.Random, variant: str) -> tuple[str | None, str, s
 
 def expected_domain(url: str) -> str:
     host = (urllib.parse.urlsplit(url).hostname or "").lower() if url else ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        return f"[{host}]"
     return host.removeprefix("www.")
 
 
@@ -182,6 +185,7 @@ BAD_BEACONS = [
     ("eventType=1&partnerId=1001", "missing_entry_id", 1001),
     ("eventType=99&partnerId=2002&entryId=1_b1&bufferTime=abc", "bad_number", 2002),
     ("partnerId=2002&entryId=1_b1", "missing_event_type", 2002),
+    ("eventType=1&partnerId=-1", "missing_entry_id", -1),  # a valid partner, not a missing one
 ]
 
 
@@ -507,6 +511,7 @@ def test_data_set_is_realistic(dataset):
     assert len({e["partnerId"] for e in events}) >= 3 and len({e["entryId"] for e in events}) >= 8
     assert len({day_of(e["ts"]) for e in events}) >= DAYS
     assert len({expected_domain(e["url"]) for e in events}) >= 5
+    assert {"https://WWW.News-Site.com/upper", "http://[2001:db8::1]:8080/x"} <= {e["url"] for e in events}
     assert {1, 2, 3, 4, 11, 12, 13, 14, 21, 22, 23, 24, 25, 31, 35, 38, 41, 98, 99} <= {e["eventType"] for e in events}
 
 
