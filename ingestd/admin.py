@@ -30,7 +30,8 @@ _WRITE_STATEMENT = re.compile(
 _OUTFILE = re.compile(r"OUTFILE", re.IGNORECASE)
 _TEXT = b"text/plain; charset=utf-8"
 _FORM = b"application/x-www-form-urlencoded"
-_OPEN_PATHS = (b"/healthz", b"/readyz")  # probes need no token: they reveal nothing
+_OPEN_PATHS = (b"/healthz", b"/readyz")
+_HEAD_NOT_ALLOWED = Response(405, headers=b"allow: GET, POST\r\n", cors=False)  # probes need no token: they reveal nothing
 _FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 
 
@@ -144,6 +145,8 @@ class AdminApp:
         log.exception("admin error", exc_info=exc)
 
     def handle(self, request):
+        if request.method == b"HEAD":  # a reply to HEAD carries no content (probes use GET)
+            return _HEAD_NOT_ALLOWED
         if self.token and request.path not in _OPEN_PATHS:
             given = request.headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.token):

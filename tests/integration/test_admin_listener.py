@@ -3,6 +3,7 @@ header on its replies, and `ingestd query` talking to it."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -75,3 +76,17 @@ def test_query_cli_on_a_held_database_says_use_admin(server):
     assert out.returncode != 0
     assert out.stderr == ("ingestd: the embedded database is in use by a running server: "
                           "use --admin URL to query through it\n")
+
+
+def test_head_gets_a_405_without_content_and_the_next_reply_stays_in_step(server):
+    """A client reads no content after a reply to HEAD: content would be taken for the next reply."""
+    with socket.create_connection(("127.0.0.1", server.admin_port), timeout=10) as sock:
+        sock.sendall(b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"ok\n"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405") and b"content-length: 0" in head.lower()
+    assert rest.startswith(b"HTTP/1.1 200")
