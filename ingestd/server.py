@@ -82,6 +82,12 @@ def lower_loop_priority(nice: int) -> None:
     except (OSError, AttributeError) as exc:
         log.warning("cannot lower the event loop's priority (--loop-nice %d): %s", nice, exc)
 
+def spool_share(settings: Settings) -> int:
+    """This process's part of --spool-max-bytes: under --workers N each of the N spools holds at most
+    1/N of it, so the box as a whole never holds more than the cap (and no worker waits on another)."""
+    return settings.spool_max_bytes // settings.workers
+
+
 class Server:
     """One ingestd process: the beacon listener, the admin listener, the spool and its sink."""
 
@@ -100,7 +106,7 @@ class Server:
             Path(settings.spool),
             segment_max_bytes=settings.segment_max_bytes,
             segment_max_age=settings.segment_max_age_ms / 1000,
-            max_bytes=settings.spool_max_bytes,
+            max_bytes=spool_share(settings),
             fsync_interval=settings.fsync_interval_ms / 1000 if settings.fsync == "interval" else None,
         )
         if ship_directories is None:
@@ -129,15 +135,21 @@ class Server:
     def not_ready_reason(self) -> str | None:
         """Why /readyz answers 503, or None.
 
-        Not ready: shutting down; the spool over its cap (beacons get 503); or shipping the
-        leftovers of a previous process while more than READY_BACKLOG_SEGMENTS remain. A
-        ClickHouse outage alone does not make the process unready: beacons are still kept.
+        Not ready: shutting down; the spool (under --workers: any worker's) over its share of the
+        cap (beacons get 503); or shipping the leftovers of a previous process while more than
+        READY_BACKLOG_SEGMENTS remain. A ClickHouse outage alone does not make the process unready:
+        beacons are still kept.
         """
         if self.shutting_down:
             return "shutting down"
         if self.spool.over_cap:
             return (f"spool over its cap ({self.spool.bytes_on_disk} of {self.spool.max_bytes} bytes): "
                     "beacons are answered 503")
+        for peer in self.metrics.peers:  # the owner of --workers: every worker's spool (a second-old count)
+            held = peer().get("gauges", {}).get("ingestd_spool_bytes", 0)
+            if held >= self.spool.max_bytes:
+                return (f"a worker's spool is over its share of the cap ({held} of {self.spool.max_bytes} "
+                        "bytes): beacons it takes are answered 503")
         if self.sink.replaying and self.sink.replay_left > READY_BACKLOG_SEGMENTS:
             return f"replaying a backlog of {self.sink.replay_left} segments left by the previous process"
         return None
