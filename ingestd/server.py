@@ -119,7 +119,7 @@ class Server:
             migrate = not settings.cluster  # a cluster's schema is `ingestd migrate --cluster`'s job
         self.sink = Sink(settings.clickhouse, ship_directories, self.metrics,
                          release=None if self.recount_spool else self.spool.release, hold=self.hold,
-                         migrate=migrate)
+                         migrate=migrate, sync_inserts=settings.fsync == "interval")
         self.spool.on_sealed = self.sink.notify
         self.limits = Limits(header_timeout=settings.header_timeout, idle_timeout=settings.idle_timeout)
         self.stopped = None

@@ -8,7 +8,9 @@ capped exponential backoff; rows ClickHouse can never accept are set aside in fa
 """
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -29,6 +31,25 @@ IDLE_POLL_SECONDS = 0.5  # look at the directory this often even without a wake-
 PERMANENT_ERROR_CODES = {
     6, 26, 27, 32, 33, 38, 41, 53, 62, 69, 70, 72, 117, 130, 131, 169, 190, 349,
 }
+
+
+def sync_filesystem(directory: Path) -> None:
+    """Flush every dirty page of the filesystem holding `directory` to disk: syncfs(2), or sync(2).
+
+    The embedded engine writes its parts without fsync: until this returns, a confirmed insert
+    is in the page cache only, and its segment must stay on disk for a power loss to lose nothing.
+    """
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {directory}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -92,9 +113,14 @@ class Sink(threading.Thread):
     """Ships every sealed segment under `directories` until stopped; connects and migrates first."""
 
     def __init__(self, dsn: str, directories: list[Path], metrics, *, release=None, migrate: bool = True,
-                 hold: threading.Event | None = None):
+                 hold: threading.Event | None = None, sync_inserts: bool = False):
+        """sync_inserts (--fsync interval): with the embedded engine, flush its data directory's
+        filesystem after each insert and before deleting the segment (a server keeps its own durability)."""
         super().__init__(name="ingestd-sink", daemon=True)
         self.dsn = dsn
+        data_dir = clickhouse.chdb_path(dsn)
+        self.sync_inserts = sync_inserts and data_dir is not None
+        self.data_dir = data_dir
         self.directories = [Path(d) for d in directories]
         self.metrics = metrics
         self.release = release or (lambda size: None)
@@ -228,7 +254,8 @@ class Sink(threading.Thread):
     def _ship_one(self, path: Path) -> None:
         size = path.stat().st_size
         started = time.monotonic()
-        rows = ship_or_quarantine(self.client, path, self.metrics)
+        flush = (lambda: sync_filesystem(self.data_dir)) if self.sync_inserts else None
+        rows = ship_or_quarantine(self.client, path, self.metrics, before_delete=flush)
         self.release(size)
         if rows is None:
             return
@@ -244,8 +271,11 @@ class Sink(threading.Thread):
         log.debug("shipped %s: %d rows, %d bytes in %.3fs", path.name, rows, size, elapsed)
 
 
-def ship_or_quarantine(client, path: Path, metrics) -> int | None:
+def ship_or_quarantine(client, path: Path, metrics, before_delete=None) -> int | None:
     """Ship one segment and delete it; return the rows inserted (None: all refused).
+
+    `before_delete`, when given, is called once after the inserts and before the segment is deleted
+    (making the inserts durable first); if it raises, the segment stays and is shipped again.
 
     Rows ClickHouse refuses for good (bad data) are found by splitting the segment and moved to
     failed/NAME.seg, never deleted; the rest is inserted. Transient errors propagate and the segment
@@ -264,6 +294,8 @@ def ship_or_quarantine(client, path: Path, metrics) -> int | None:
             target = path.parent / QUARANTINE_DIR / path.name
             target.parent.mkdir(exist_ok=True)
             target.write_bytes(b"".join(refused))
+            if before_delete is not None:
+                before_delete()
             path.unlink()
         else:
             target = quarantine(path)
@@ -271,6 +303,8 @@ def ship_or_quarantine(client, path: Path, metrics) -> int | None:
         log.error("ClickHouse refused segment %s for good: %d row(s) moved to %s, %d inserted: %s",
                   path.name, len(refused), target, shipped, reason)
         return shipped or None
+    if before_delete is not None:
+        before_delete()
     path.unlink()
     return inserted
 
@@ -280,7 +314,10 @@ def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[in
 
     Refuses a directory a running server holds. Stops at the first transient error, leaving the
     rest in place: running it again ships the rest, and re-ships nothing already confirmed.
+    Into the embedded engine every insert is flushed to disk before its segment is deleted.
     """
+    data_dir = clickhouse.chdb_path(dsn)
+    flush = (lambda: sync_filesystem(data_dir)) if data_dir is not None else None
     with lock_directory(directory):
         recover(directory)
         client = clickhouse.connect(dsn)
@@ -289,7 +326,7 @@ def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[in
                 clickhouse.migrate(client)
             segments = rows = 0
             for path in sealed_segments(directory):
-                shipped = ship_or_quarantine(client, path, metrics)
+                shipped = ship_or_quarantine(client, path, metrics, before_delete=flush)
                 if shipped is not None:
                     segments += 1
                     rows += shipped
