@@ -8,6 +8,7 @@ capped exponential backoff; rows ClickHouse can never accept are set aside in fa
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from . import clickhouse
 from .spool import QUARANTINE_DIR, lock_directory, quarantine, recover, sealed_segments
+from .workers import WORKER_DIR
 
 log = logging.getLogger("ingestd.sink")
 
@@ -312,20 +314,28 @@ def ship_or_quarantine(client, path: Path, metrics, before_delete=None) -> int |
 def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[int, int]:
     """Ship a spool directory without serving (`ingestd replay`); return (segments, rows).
 
-    Refuses a directory a running server holds. Stops at the first transient error, leaving the
-    rest in place: running it again ships the rest, and re-ships nothing already confirmed.
-    Into the embedded engine every insert is flushed to disk before its segment is deleted.
+    Ships DIR and, left by a --workers run, every DIR/w<i>, oldest segment first. Refuses a
+    directory a running server holds. Stops at the first transient error, leaving the rest in
+    place: running it again ships the rest, and re-ships nothing already confirmed. Into the
+    embedded engine every insert is flushed to disk before its segment is deleted.
     """
     data_dir = clickhouse.chdb_path(dsn)
     flush = (lambda: sync_filesystem(data_dir)) if data_dir is not None else None
-    with lock_directory(directory):
-        recover(directory)
+    directory = Path(directory)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(lock_directory(directory))  # first: a running --workers owner holds it too
+        workers = (p for p in directory.iterdir() if p.is_dir() and WORKER_DIR.match(p.name))
+        directories = [directory, *sorted(workers, key=lambda p: int(p.name[1:]))]
+        for spool_dir in directories:
+            if spool_dir != directory:
+                locks.enter_context(lock_directory(spool_dir))
+            recover(spool_dir)
         client = clickhouse.connect(dsn)
         try:
             if migrate:
                 clickhouse.migrate(client)
             segments = rows = 0
-            for path in sealed_segments(directory):
+            for path in sorted((p for d in directories for p in sealed_segments(d)), key=lambda p: p.name):
                 shipped = ship_or_quarantine(client, path, metrics, before_delete=flush)
                 if shipped is not None:
                     segments += 1
