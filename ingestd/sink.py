@@ -26,7 +26,12 @@ INCOMING_TABLE = "analytics.events_incoming"
 FORMAT = "JSONCompactEachRow"
 BACKOFF_FIRST = 0.2  # seconds
 BACKOFF_MAX = 30.0  # a ClickHouse restart takes seconds; retry at least twice a minute
-MAX_SPLIT_INSERTS = 64  # inserts spent finding the bad rows of a refused segment; the rest is set aside
+# Inserts spent finding the bad rows of a refused segment; what is still untried is set aside. Isolating
+# k bad rows among n takes about 2k·log2(n/k) inserts, so the budget grows with the rows; it is capped
+# because each insert makes a part (a server refuses inserts past `parts_to_throw_insert`).
+SPLIT_INSERTS_MIN = 64
+SPLIT_ROWS_PER_INSERT = 16  # 4096 rows with 16 bad ones spread out need ~290 inserts: 64 + 256
+SPLIT_INSERTS_MAX = 1024
 IDLE_POLL_SECONDS = 0.5  # look at the directory this often even without a wake-up (e.g. segments copied in)
 
 # ClickHouse error codes that will fail the same way on every retry: bad data or schema.
@@ -86,29 +91,39 @@ def ship_segment(client, path: Path) -> int:
     return data.count(b"\n")
 
 
-def ship_refused(client, rows: list[bytes], token: str, budget: list[int]) -> tuple[int, list[bytes]]:
-    """Insert what ClickHouse accepts of `rows` it refused as a whole: each half on its own, recursively.
+def split_budget(rows: int) -> int:
+    """How many inserts may be spent splitting a refused segment of `rows` rows."""
+    return min(SPLIT_INSERTS_MIN + rows // SPLIT_ROWS_PER_INSERT, SPLIT_INSERTS_MAX)
 
-    Returns (rows inserted, rows refused). The halves' tokens derive from `token`, and the split is
-    the same every time, so shipping the segment again after a crash inserts nothing twice.
-    Transient errors propagate (the segment stays and is retried).
+
+def ship_refused(client, rows: list[bytes], token: str, budget: int) -> tuple[int, list[bytes]]:
+    """Insert what ClickHouse accepts of `rows` it refused as a whole, halving the refused parts
+    breadth first (every half of one size is tried before any smaller one) for up to `budget` inserts.
+
+    Returns (rows inserted, rows refused, in their order). The halves' tokens derive from `token` and
+    the split is the same every time, so shipping the segment again after a crash inserts nothing
+    twice. Transient errors propagate (the segment stays and is retried).
     """
-    if len(rows) < 2 or budget[0] <= 0:
-        return 0, rows
-    middle = len(rows) // 2
-    shipped, refused = 0, []
-    for i, part in enumerate((rows[:middle], rows[middle:])):
-        budget[0] -= 1
-        try:
-            insert(client, b"".join(part), f"{token}.{i}")
-            shipped += len(part)
-        except Exception as exc:
-            if not is_permanent(exc):
-                raise
-            part_shipped, part_refused = ship_refused(client, part, f"{token}.{i}", budget)
-            shipped += part_shipped
-            refused += part_refused
-    return shipped, refused
+    shipped, refused = 0, []  # refused: (start, end) ranges of rows
+    level = [(0, len(rows), token)]  # parts refused as a whole, to be halved
+    while level:
+        below = []
+        for start, end, part_token in level:
+            if end - start < 2 or budget <= 0:
+                refused.append((start, end))
+                continue
+            middle = (start + end) // 2
+            for i, (lo, hi) in enumerate(((start, middle), (middle, end))):
+                budget -= 1
+                try:
+                    insert(client, b"".join(rows[lo:hi]), f"{part_token}.{i}")
+                    shipped += hi - lo
+                except Exception as exc:
+                    if not is_permanent(exc):
+                        raise
+                    below.append((lo, hi, f"{part_token}.{i}"))
+        level = below
+    return shipped, [row for start, end in sorted(refused) for row in rows[start:end]]
 
 
 class Sink(threading.Thread):
@@ -291,7 +306,7 @@ def ship_or_quarantine(client, path: Path, metrics, before_delete=None) -> int |
             raise
         reason = str(exc).splitlines()[0][:300]
         rows = path.read_bytes().splitlines(keepends=True)
-        shipped, refused = ship_refused(client, rows, path.stem, [MAX_SPLIT_INSERTS])
+        shipped, refused = ship_refused(client, rows, path.stem, split_budget(len(rows)))
         if shipped:
             target = path.parent / QUARANTINE_DIR / path.name
             target.parent.mkdir(exist_ok=True)

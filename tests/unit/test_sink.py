@@ -70,3 +70,24 @@ def test_sync_filesystem_flushes_a_real_directory(tmp_path):
     sink.sync_filesystem(tmp_path)
     with pytest.raises(OSError):
         sink.sync_filesystem(tmp_path / "missing")
+
+
+def test_a_refused_segment_with_bad_rows_spread_out_keeps_every_good_row(engine, tmp_path):
+    """Breadth-first halving isolates 8 bad rows among 2048; a second shipping of it inserts nothing twice."""
+    _, client = engine
+    bad = b'["e","not-a-number"]\n'
+    rows = [row(i, "split") for i in range(2048)]
+    for k in range(8):
+        rows[k * 256 + 7] = bad
+    name = "0000000000000000002-1-000001.seg"
+    for attempt in range(2):  # the same segment again (a crash before the delete): deduplicated
+        spool = tmp_path / f"spool{attempt}"
+        spool.mkdir()
+        segment = spool / name
+        segment.write_bytes(b"".join(rows))
+        metrics = Metrics()
+        assert sink.ship_or_quarantine(client, segment, metrics) == 2040
+        assert not segment.exists()
+        assert (spool / "failed" / name).read_bytes() == bad * 8
+        assert metrics.segments_quarantined == 1
+        assert stored(client, "split") == 2040
