@@ -53,13 +53,35 @@ def bind(address: str, reuse_port: bool = False) -> socket.socket:
 
 
 
-QUERY_THREADS = 4  # the loop's executor: admin /query requests at once, and the drain at shutdown
+QUERY_THREADS = 4  # the loop's default executor: admin /query requests at once
 
 
-def started_executor(workers: int) -> ThreadPoolExecutor:
+class QueryPool(ThreadPoolExecutor):
+    """The loop's default executor (admin /query). Counts the calls submitted and not finished, so
+    that a stop knows whether the interpreter's exit would wait for one (a query cannot be interrupted)."""
+
+    def __init__(self, workers: int):
+        super().__init__(workers, thread_name_prefix="ingestd-executor")
+        self.unfinished = 0
+        self._count_lock = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        def counted():
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._count_lock:
+                    self.unfinished -= 1
+
+        with self._count_lock:
+            self.unfinished += 1
+        return super().submit(counted)
+
+
+def started_executor(workers: int) -> QueryPool:
     """A thread pool whose threads are already running: started before the loop thread is niced,
     they keep the normal priority, and so do the engine's threads they start while running a query."""
-    executor = ThreadPoolExecutor(workers, thread_name_prefix="ingestd-executor")
+    executor = QueryPool(workers)
     started = threading.Barrier(workers + 1)
     for _ in range(workers):  # each blocks until all have started, so each submit starts a thread
         executor.submit(started.wait)
@@ -82,6 +104,12 @@ def lower_loop_priority(nice: int) -> None:
     except (OSError, AttributeError) as exc:
         log.warning("cannot lower the event loop's priority (--loop-nice %d): %s", nice, exc)
 
+def spool_share(settings: Settings) -> int:
+    """This process's part of --spool-max-bytes: under --workers N each of the N spools holds at most
+    1/N of it, so the box as a whole never holds more than the cap (and no worker waits on another)."""
+    return settings.spool_max_bytes // settings.workers
+
+
 class Server:
     """One ingestd process: the beacon listener, the admin listener, the spool and its sink."""
 
@@ -100,7 +128,7 @@ class Server:
             Path(settings.spool),
             segment_max_bytes=settings.segment_max_bytes,
             segment_max_age=settings.segment_max_age_ms / 1000,
-            max_bytes=settings.spool_max_bytes,
+            max_bytes=spool_share(settings),
             fsync_interval=settings.fsync_interval_ms / 1000 if settings.fsync == "interval" else None,
         )
         if ship_directories is None:
@@ -113,12 +141,13 @@ class Server:
             migrate = not settings.cluster  # a cluster's schema is `ingestd migrate --cluster`'s job
         self.sink = Sink(settings.clickhouse, ship_directories, self.metrics,
                          release=None if self.recount_spool else self.spool.release, hold=self.hold,
-                         migrate=migrate)
+                         migrate=migrate, sync_inserts=settings.fsync == "interval")
         self.spool.on_sealed = self.sink.notify
         self.limits = Limits(header_timeout=settings.header_timeout, idle_timeout=settings.idle_timeout)
         self.stopped = None
         self.shutting_down = False
-        self.abandon_sink = False
+        self.abandon_sink = False  # leave with os._exit: a thread (sink insert, admin query) is still running
+        self.queries: QueryPool | None = None
         self.app: BeaconApp | None = None
         m = self.metrics
         m.gauges["ingestd_spool_bytes"] = lambda: self.spool.bytes_on_disk
@@ -129,15 +158,21 @@ class Server:
     def not_ready_reason(self) -> str | None:
         """Why /readyz answers 503, or None.
 
-        Not ready: shutting down; the spool over its cap (beacons get 503); or shipping the
-        leftovers of a previous process while more than READY_BACKLOG_SEGMENTS remain. A
-        ClickHouse outage alone does not make the process unready: beacons are still kept.
+        Not ready: shutting down; the spool (under --workers: any worker's) over its share of the
+        cap (beacons get 503); or shipping the leftovers of a previous process while more than
+        READY_BACKLOG_SEGMENTS remain. A ClickHouse outage alone does not make the process unready:
+        beacons are still kept.
         """
         if self.shutting_down:
             return "shutting down"
         if self.spool.over_cap:
             return (f"spool over its cap ({self.spool.bytes_on_disk} of {self.spool.max_bytes} bytes): "
                     "beacons are answered 503")
+        for peer in self.metrics.peers:  # the owner of --workers: every worker's spool (a second-old count)
+            held = peer().get("gauges", {}).get("ingestd_spool_bytes", 0)
+            if held >= self.spool.max_bytes:
+                return (f"a worker's spool is over its share of the cap ({held} of {self.spool.max_bytes} "
+                        "bytes): beacons it takes are answered 503")
         if self.sink.replaying and self.sink.replay_left > READY_BACKLOG_SEGMENTS:
             return f"replaying a backlog of {self.sink.replay_left} segments left by the previous process"
         return None
@@ -158,8 +193,10 @@ class Server:
             admin, _ = await start_admin(self, loop, self.admin_sock, Limits(max_body=1 << 20))
         if self.ship:
             self.sink.start()
+        # admin queries; the shutdown's drain has its own thread, so queries queued here cannot delay it
+        self.queries = started_executor(QUERY_THREADS) if self.settings.loop_nice else QueryPool(QUERY_THREADS)
+        loop.set_default_executor(self.queries)
         if self.settings.loop_nice:
-            loop.set_default_executor(started_executor(QUERY_THREADS))  # admin queries, the drain
             lower_loop_priority(self.settings.loop_nice)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopped.set)
@@ -200,6 +237,8 @@ class Server:
         log.info("shutting down: draining connections and the spool (up to %.1fs)", self.settings.drain_timeout)
         self.shutting_down = True
         beacon.close()
+        if admin is not None:
+            admin.close()  # no new admin queries; those running finish or are abandoned at exit
         for conn in list(self.app.connections):
             conn.shutdown()
         # Requests already parsed are answered after their group commit, one loop iteration away.
@@ -215,11 +254,12 @@ class Server:
             return
         self.hold.clear()  # ship even if a benchmark held shipping: what is left waits for the next start
         loop = asyncio.get_running_loop()
-        drained = await loop.run_in_executor(None, self.sink.drain, max(0.0, deadline - time.monotonic()))
+        # Not on the default executor: admin queries (up to a minute each) may occupy or queue on it.
+        drainer = ThreadPoolExecutor(1, thread_name_prefix="ingestd-drain")
+        drained = await loop.run_in_executor(drainer, self.sink.drain, max(0.0, deadline - time.monotonic()))
         self.sink.stop()
-        await loop.run_in_executor(None, self.sink.join, max(0.05, deadline - time.monotonic()))
-        if admin is not None:
-            admin.close()
+        await loop.run_in_executor(drainer, self.sink.join, max(0.05, deadline - time.monotonic()))
+        drainer.shutdown(wait=False)
         left = len(self.sink.pending())
         if drained and not left:
             log.info("shutdown complete: spool shipped")
@@ -229,6 +269,22 @@ class Server:
             # An insert still running at the deadline: its segment stays on disk and is shipped
             # again (same dedup token) on the next start. Leave without waiting for it.
             log.warning("shutdown: drain timeout reached during an insert; exiting without waiting")
+            self.abandon_sink = True
+        self._drop_queries(loop)
+
+    def _drop_queries(self, loop) -> None:
+        """Called last in a shutdown: admin queries running or queued are not waited for."""
+        if self.queries is None:
+            return
+        # Not cancel_futures: admin.py's done callback would raise CancelledError into the loop; the
+        # queued queries never start anyway, as the process leaves with os._exit below.
+        self.queries.shutdown(wait=False)
+        # The loop's close waits for its default executor's threads: give it an idle one instead.
+        loop.set_default_executor(ThreadPoolExecutor(1, thread_name_prefix="ingestd-executor"))
+        if self.queries.unfinished:
+            # The interpreter's exit would join the threads in the middle of a query: leave without them.
+            log.warning("shutdown: %d admin quer%s running or queued; exiting without waiting",
+                        self.queries.unfinished, "y" if self.queries.unfinished == 1 else "ies")
             self.abandon_sink = True
 
 
@@ -253,5 +309,5 @@ def run_until_stopped(server: Server, main) -> int:
     uvloop.run(main)
     if server.abandon_sink:
         logging.shutdown()
-        os._exit(0)  # the interpreter's teardown would wait on (or crash under) the running insert
+        os._exit(0)  # the interpreter's teardown would wait on (or crash under) the running insert or query
     return 0

@@ -8,13 +8,17 @@ capped exponential backoff; rows ClickHouse can never accept are set aside in fa
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
+import os
 import threading
 import time
 from pathlib import Path
 
 from . import clickhouse
 from .spool import QUARANTINE_DIR, lock_directory, quarantine, recover, sealed_segments
+from .workers import WORKER_DIR
 
 log = logging.getLogger("ingestd.sink")
 
@@ -22,13 +26,37 @@ INCOMING_TABLE = "analytics.events_incoming"
 FORMAT = "JSONCompactEachRow"
 BACKOFF_FIRST = 0.2  # seconds
 BACKOFF_MAX = 30.0  # a ClickHouse restart takes seconds; retry at least twice a minute
-MAX_SPLIT_INSERTS = 64  # inserts spent finding the bad rows of a refused segment; the rest is set aside
+# Inserts spent finding the bad rows of a refused segment; what is still untried is set aside. Isolating
+# k bad rows among n takes about 2k·log2(n/k) inserts, so the budget grows with the rows; it is capped
+# because each insert makes a part (a server refuses inserts past `parts_to_throw_insert`).
+SPLIT_INSERTS_MIN = 64
+SPLIT_ROWS_PER_INSERT = 16  # 4096 rows with 16 bad ones spread out need ~290 inserts: 64 + 256
+SPLIT_INSERTS_MAX = 1024
 IDLE_POLL_SECONDS = 0.5  # look at the directory this often even without a wake-up (e.g. segments copied in)
 
 # ClickHouse error codes that will fail the same way on every retry: bad data or schema.
 PERMANENT_ERROR_CODES = {
     6, 26, 27, 32, 33, 38, 41, 53, 62, 69, 70, 72, 117, 130, 131, 169, 190, 349,
 }
+
+
+def sync_filesystem(directory: Path) -> None:
+    """Flush every dirty page of the filesystem holding `directory` to disk: syncfs(2), or sync(2).
+
+    The embedded engine writes its parts without fsync: until this returns, a confirmed insert
+    is in the page cache only, and its segment must stay on disk for a power loss to lose nothing.
+    """
+    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {directory}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def error_code(exc: BaseException) -> int | None:
@@ -63,38 +91,53 @@ def ship_segment(client, path: Path) -> int:
     return data.count(b"\n")
 
 
-def ship_refused(client, rows: list[bytes], token: str, budget: list[int]) -> tuple[int, list[bytes]]:
-    """Insert what ClickHouse accepts of `rows` it refused as a whole: each half on its own, recursively.
+def split_budget(rows: int) -> int:
+    """How many inserts may be spent splitting a refused segment of `rows` rows."""
+    return min(SPLIT_INSERTS_MIN + rows // SPLIT_ROWS_PER_INSERT, SPLIT_INSERTS_MAX)
 
-    Returns (rows inserted, rows refused). The halves' tokens derive from `token`, and the split is
-    the same every time, so shipping the segment again after a crash inserts nothing twice.
-    Transient errors propagate (the segment stays and is retried).
+
+def ship_refused(client, rows: list[bytes], token: str, budget: int) -> tuple[int, list[bytes]]:
+    """Insert what ClickHouse accepts of `rows` it refused as a whole, halving the refused parts
+    breadth first (every half of one size is tried before any smaller one) for up to `budget` inserts.
+
+    Returns (rows inserted, rows refused, in their order). The halves' tokens derive from `token` and
+    the split is the same every time, so shipping the segment again after a crash inserts nothing
+    twice. Transient errors propagate (the segment stays and is retried).
     """
-    if len(rows) < 2 or budget[0] <= 0:
-        return 0, rows
-    middle = len(rows) // 2
-    shipped, refused = 0, []
-    for i, part in enumerate((rows[:middle], rows[middle:])):
-        budget[0] -= 1
-        try:
-            insert(client, b"".join(part), f"{token}.{i}")
-            shipped += len(part)
-        except Exception as exc:
-            if not is_permanent(exc):
-                raise
-            part_shipped, part_refused = ship_refused(client, part, f"{token}.{i}", budget)
-            shipped += part_shipped
-            refused += part_refused
-    return shipped, refused
+    shipped, refused = 0, []  # refused: (start, end) ranges of rows
+    level = [(0, len(rows), token)]  # parts refused as a whole, to be halved
+    while level:
+        below = []
+        for start, end, part_token in level:
+            if end - start < 2 or budget <= 0:
+                refused.append((start, end))
+                continue
+            middle = (start + end) // 2
+            for i, (lo, hi) in enumerate(((start, middle), (middle, end))):
+                budget -= 1
+                try:
+                    insert(client, b"".join(rows[lo:hi]), f"{part_token}.{i}")
+                    shipped += hi - lo
+                except Exception as exc:
+                    if not is_permanent(exc):
+                        raise
+                    below.append((lo, hi, f"{part_token}.{i}"))
+        level = below
+    return shipped, [row for start, end in sorted(refused) for row in rows[start:end]]
 
 
 class Sink(threading.Thread):
     """Ships every sealed segment under `directories` until stopped; connects and migrates first."""
 
     def __init__(self, dsn: str, directories: list[Path], metrics, *, release=None, migrate: bool = True,
-                 hold: threading.Event | None = None):
+                 hold: threading.Event | None = None, sync_inserts: bool = False):
+        """sync_inserts (--fsync interval): with the embedded engine, flush its data directory's
+        filesystem after each insert and before deleting the segment (a server keeps its own durability)."""
         super().__init__(name="ingestd-sink", daemon=True)
         self.dsn = dsn
+        data_dir = clickhouse.chdb_path(dsn)
+        self.sync_inserts = sync_inserts and data_dir is not None
+        self.data_dir = data_dir
         self.directories = [Path(d) for d in directories]
         self.metrics = metrics
         self.release = release or (lambda size: None)
@@ -228,7 +271,8 @@ class Sink(threading.Thread):
     def _ship_one(self, path: Path) -> None:
         size = path.stat().st_size
         started = time.monotonic()
-        rows = ship_or_quarantine(self.client, path, self.metrics)
+        flush = (lambda: sync_filesystem(self.data_dir)) if self.sync_inserts else None
+        rows = ship_or_quarantine(self.client, path, self.metrics, before_delete=flush)
         self.release(size)
         if rows is None:
             return
@@ -244,8 +288,11 @@ class Sink(threading.Thread):
         log.debug("shipped %s: %d rows, %d bytes in %.3fs", path.name, rows, size, elapsed)
 
 
-def ship_or_quarantine(client, path: Path, metrics) -> int | None:
+def ship_or_quarantine(client, path: Path, metrics, before_delete=None) -> int | None:
     """Ship one segment and delete it; return the rows inserted (None: all refused).
+
+    `before_delete`, when given, is called once after the inserts and before the segment is deleted
+    (making the inserts durable first); if it raises, the segment stays and is shipped again.
 
     Rows ClickHouse refuses for good (bad data) are found by splitting the segment and moved to
     failed/NAME.seg, never deleted; the rest is inserted. Transient errors propagate and the segment
@@ -259,11 +306,13 @@ def ship_or_quarantine(client, path: Path, metrics) -> int | None:
             raise
         reason = str(exc).splitlines()[0][:300]
         rows = path.read_bytes().splitlines(keepends=True)
-        shipped, refused = ship_refused(client, rows, path.stem, [MAX_SPLIT_INSERTS])
+        shipped, refused = ship_refused(client, rows, path.stem, split_budget(len(rows)))
         if shipped:
             target = path.parent / QUARANTINE_DIR / path.name
             target.parent.mkdir(exist_ok=True)
             target.write_bytes(b"".join(refused))
+            if before_delete is not None:
+                before_delete()
             path.unlink()
         else:
             target = quarantine(path)
@@ -271,6 +320,8 @@ def ship_or_quarantine(client, path: Path, metrics) -> int | None:
         log.error("ClickHouse refused segment %s for good: %d row(s) moved to %s, %d inserted: %s",
                   path.name, len(refused), target, shipped, reason)
         return shipped or None
+    if before_delete is not None:
+        before_delete()
     path.unlink()
     return inserted
 
@@ -278,18 +329,29 @@ def ship_or_quarantine(client, path: Path, metrics) -> int | None:
 def replay(dsn: str, directory: Path, metrics, migrate: bool = True) -> tuple[int, int]:
     """Ship a spool directory without serving (`ingestd replay`); return (segments, rows).
 
-    Refuses a directory a running server holds. Stops at the first transient error, leaving the
-    rest in place: running it again ships the rest, and re-ships nothing already confirmed.
+    Ships DIR and, left by a --workers run, every DIR/w<i>, oldest segment first. Refuses a
+    directory a running server holds. Stops at the first transient error, leaving the rest in
+    place: running it again ships the rest, and re-ships nothing already confirmed. Into the
+    embedded engine every insert is flushed to disk before its segment is deleted.
     """
-    with lock_directory(directory):
-        recover(directory)
+    data_dir = clickhouse.chdb_path(dsn)
+    flush = (lambda: sync_filesystem(data_dir)) if data_dir is not None else None
+    directory = Path(directory)
+    with contextlib.ExitStack() as locks:
+        locks.enter_context(lock_directory(directory))  # first: a running --workers owner holds it too
+        workers = (p for p in directory.iterdir() if p.is_dir() and WORKER_DIR.match(p.name))
+        directories = [directory, *sorted(workers, key=lambda p: int(p.name[1:]))]
+        for spool_dir in directories:
+            if spool_dir != directory:
+                locks.enter_context(lock_directory(spool_dir))
+            recover(spool_dir)
         client = clickhouse.connect(dsn)
         try:
             if migrate:
                 clickhouse.migrate(client)
             segments = rows = 0
-            for path in sealed_segments(directory):
-                shipped = ship_or_quarantine(client, path, metrics)
+            for path in sorted((p for d in directories for p in sealed_segments(d)), key=lambda p: p.name):
+                shipped = ship_or_quarantine(client, path, metrics, before_delete=flush)
                 if shipped is not None:
                     segments += 1
                     rows += shipped

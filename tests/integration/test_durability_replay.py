@@ -177,3 +177,27 @@ def test_torn_tail_is_cut_and_set_aside_never_shipped(tmp_path):
         assert "set aside" in server.log_text()
     finally:
         assert server.stop() == 0
+
+
+def test_replay_ships_every_worker_spool_of_a_workers_layout(tmp_path):
+    """`ingestd replay` of a --workers spool (SPOOL/w0, SPOOL/w1) ships all of it, each event once."""
+    server = Ingestd(tmp_path, "--workers", "2", "--drain-timeout", str(DRAIN_TIMEOUT), "--segment-max-bytes", "64K",
+                     clickhouse=dead_clickhouse())
+    server.start(wait_clickhouse=False)
+    try:
+        result = run_load(server.port, 1000, connections=16, session="workers")  # connections spread over both
+        assert len(result.acked) == 1000, (result.refused, result.connection_errors)
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    spool = server.spool
+    assert list(spool.glob("*.seg")) == []
+    assert (spool / "w0").is_dir() and (spool / "w1").is_dir()
+    segments = spool_files(spool / "w0") + spool_files(spool / "w1")
+    assert spool_files(spool / "w0") and spool_files(spool / "w1")
+    dsn = f"chdb://{tmp_path / 'replayed'}"
+    done = ingestd_cli("replay", "--spool", str(spool), "--clickhouse", dsn)
+    assert done.returncode == 0, done.stderr
+    assert f"replayed {len(segments)} segment(s), 1000 row(s)" in done.stdout
+    assert spool_files(spool / "w0") == spool_files(spool / "w1") == []
+    assert check_exactly_once(query_direct(dsn, STORED_KEYS_SQL), result) == 0

@@ -58,3 +58,33 @@ def test_sigterm_under_load_exits_0_in_time_and_keeps_every_200(tmp_path, capsys
               f"(drain timeout {DRAIN_TIMEOUT}s); acknowledged {len(result.acked)}, in flight "
               f"{len(result.in_flight)}, stored beyond the 200s {extras}, refused {result.refused}")
         print("  " + "\n  ".join(timeline))
+
+
+def test_sigterm_does_not_wait_for_slow_admin_queries(tmp_path):
+    """Admin queries running and queued at SIGTERM neither delay the drain nor the exit past --drain-timeout."""
+    import threading
+    import urllib.parse
+    import urllib.request
+
+    server = Ingestd(tmp_path, "--drain-timeout", str(DRAIN_TIMEOUT)).start()
+    slow = " UNION ALL ".join(["SELECT sleepEachRow(2) + number AS x FROM numbers(1)"] * 4)  # ~8 s
+    url = server.admin_url + "/query?" + urllib.parse.urlencode({"query": f"SELECT sum(x) FROM ({slow})"})
+
+    def query():
+        try:
+            urllib.request.urlopen(url, timeout=60).read()
+        except OSError:
+            pass  # the process left without answering: what this test wants
+
+    try:
+        clients = [threading.Thread(target=query, daemon=True) for _ in range(6)]  # more than QUERY_THREADS
+        for client in clients:
+            client.start()
+        time.sleep(1.0)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(30) == 0
+        assert time.monotonic() - started < DRAIN_TIMEOUT + 1.0
+        assert "admin queries running or queued; exiting without waiting" in "".join(server.log_lines)
+    finally:
+        server.kill()

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from conftest import DOCUMENT_EXAMPLE, Ingestd, query_direct
+from conftest import DOCUMENT_EXAMPLE, Ingestd, free_port, query_direct
 from test_ops_sdnotify import FakeSystemd
 
 SESSION = "C90BFCFC%2D2EBF%2D5893%2D892D%2D2121162F414A"
@@ -173,3 +173,43 @@ def test_a_worker_that_keeps_dying_stops_the_service_for_systemd(tmp_path):
     log = server.log_text()
     assert log.count("worker 1 (pid") >= 5 and "died 5 times in a row" in log
     assert "shutdown complete" in log  # the owner still stopped in order
+
+
+def test_workers_together_hold_at_most_the_spool_cap(tmp_path):
+    """--workers 2 with ClickHouse down: the spools together stop at --spool-max-bytes, and /readyz says so."""
+    cap = 256 * 1024
+    server = Ingestd(tmp_path, "--workers", "2", "--spool-max-bytes", str(cap), "--segment-max-bytes", "16K",
+                     clickhouse=f"http://127.0.0.1:{free_port()}/")
+    try:
+        server.start(wait_clickhouse=False)
+        wait_for(lambda: len(serving_workers(server)) == 2, 60, "both workers")
+        refused = 0
+        for n in range(4000):  # a new connection each: the kernel spreads them over both workers
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+            conn.request("GET", beacon(n))
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            refused += response.status == 503
+            if refused > 300:
+                break
+        assert refused > 300
+        on_disk = sum(p.stat().st_size for p in server.spool.rglob("*") if p.suffix in (".seg", ".open"))
+        # each worker may pass its share by the one group commit that crossed it
+        assert cap // 2 < on_disk <= cap + 8192
+        wait_for(lambda: "over its share of the cap" in readyz(server) or "over its cap" in readyz(server),
+                 10, "/readyz to report the full spool")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+
+
+def readyz(server: Ingestd) -> str:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.admin_url + "/readyz", timeout=10) as response:
+            return response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.read().decode()
