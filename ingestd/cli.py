@@ -139,7 +139,8 @@ def cmd_replay(args) -> int:
               file=sys.stderr)
         return 1
     print(f"replayed {segments} segment(s), {rows} row(s) from {spool_dir}"
-          + (f"; {metrics.segments_quarantined} refused segment(s) moved to {spool_dir}/failed"
+          + (f"; {metrics.segments_quarantined} refused segment(s) moved to failed/ in {spool_dir}"
+             f"{' and its w<i> spools' if any(spool_dir.glob('w[0-9]*')) else ''}"
              if metrics.segments_quarantined else ""))
     return 1 if metrics.segments_quarantined else 0
 

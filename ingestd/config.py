@@ -255,8 +255,10 @@ def _check(settings: Settings) -> None:
         raise ConfigError("admin-token: required when the admin listener is not on loopback")
     if not (settings.clickhouse.startswith("chdb://") or settings.clickhouse.startswith(("http://", "https://"))):
         raise ConfigError("clickhouse: expected chdb://PATH or http(s)://…")
-    if settings.segment_max_bytes > settings.spool_max_bytes:
-        raise ConfigError("segment-max-bytes: must not exceed spool-max-bytes")
+    if settings.segment_max_bytes > settings.spool_max_bytes // settings.workers:
+        # each worker's spool holds its share of the cap (server.py): a segment must fit in a share
+        raise ConfigError("segment-max-bytes: must not exceed spool-max-bytes"
+                          + (f" / workers ({settings.workers})" if settings.workers > 1 else ""))
 
 
 def split_address(address: str) -> tuple[str, int]:

@@ -61,6 +61,8 @@ def test_settings_are_frozen():
     ({}, {}, "workers = \n", "is not valid TOML"),
     ({"admin": "0.0.0.0:9100"}, {}, None, "admin-token: required when the admin listener is not on loopback"),
     ({"segment_max_bytes": "3G"}, {}, None, "segment-max-bytes: must not exceed spool-max-bytes"),
+    ({"segment_max_bytes": "1G", "spool_max_bytes": "2G", "workers": "4"}, {}, None,
+     "segment-max-bytes: must not exceed spool-max-bytes / workers (4)"),
     ({"clickhouse": "mysql://x"}, {}, None, "clickhouse: expected chdb://PATH or http(s)://"),
 ])
 def test_bad_configuration_names_the_key(toml, flags, environ, file_text, expected):
