@@ -31,7 +31,8 @@ _OUTFILE = re.compile(r"OUTFILE", re.IGNORECASE)
 _TEXT = b"text/plain; charset=utf-8"
 _FORM = b"application/x-www-form-urlencoded"
 _OPEN_PATHS = (b"/healthz", b"/readyz")
-_HEAD_NOT_ALLOWED = Response(405, headers=b"allow: GET, POST\r\n", cors=False)  # probes need no token: they reveal nothing
+_HEAD_NOT_ALLOWED = Response(405, headers=b"allow: GET, POST\r\n", cors=False)
+_SHUTTING_DOWN = Response(503, b"shutting down\n", close=True, cors=False)  # probes need no token: they reveal nothing
 _FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 
 
@@ -212,7 +213,8 @@ class AdminApp:
                 return error_response(status, text[:2000], close=False, cors=False)
 
         future = self.loop.run_in_executor(None, run)
-        future.add_done_callback(lambda f: ticket.resolve(f.result()))
+        future.add_done_callback(lambda f: ticket.resolve(
+            _SHUTTING_DOWN if f.cancelled() else f.result()))  # cancelled: the executor shut down first
         return ticket
 
 
