@@ -370,7 +370,9 @@ def validate(query: dict[bytes, bytes], body: dict[bytes, bytes] | None, strict:
     event_type = _REGISTRY_BY_RAW.get(raw_type)
     if event_type is None:
         plain_type = form_decode(raw_type) if encoded else raw_type
-        event_type = _REGISTRY_BY_RAW.get(plain_type.strip())
+        # spaces only, as the view's trimBoth: bytes.strip() also takes \t\n\r\v\f, which the
+        # view keeps (toUInt16OrZero then stores event_type 0)
+        event_type = _REGISTRY_BY_RAW.get(plain_type.strip(b" "))
         if event_type is None:
             raise Rejection("unknown_event_type", f"eventType {_shorten(plain_type)!r} is not a known event type")
     partner = merged.get(b"partnerId")
