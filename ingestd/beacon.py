@@ -11,7 +11,7 @@ import logging
 import orjson
 
 from . import ks as ks_codec
-from .events import Rejection, check_json, check_query, form_decode, json_params, split_query, validate
+from .events import TOO_DEEP, Rejection, check_json, check_query, form_decode, json_params, split_query, validate
 from .http import CLOCK, Response, Ticket, error_response
 
 log = logging.getLogger("ingestd.beacon")
@@ -179,8 +179,8 @@ class BeaconApp:
                     del body_map["ks"]
         else:  # anything unusual: the general path, which is the definition of the rules
             params = split_query(query)
-            body, body_map = json_params(json_body) if json_body else (None, {})
             try:
+                body, body_map = json_params(json_body) if json_body else (None, {})
                 if api:
                     self._check_service(params, body)
                 checked = validate(params, body, self.strict)
@@ -208,8 +208,13 @@ class BeaconApp:
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
             query.decode("utf-8", "replace"), body_map, missing, ks_info, "", "", "",
         )
-        # orjson.loads() refuses lone surrogates, so every text in the row can be encoded
-        self._pending_rows.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        # orjson.loads() refuses lone surrogates, so every text in the row can be encoded; but it reads
+        # JSON nested 1024 levels deep and writes only 254 (a try costs nothing in 3.11 until it raises)
+        try:
+            self._pending_rows.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        except orjson.JSONEncodeError:
+            # the fast path may have taken the ks out of the parsed body: keep the body as it was sent
+            return self._reject(request, request.query, Rejection("bad_request", TOO_DEEP))
         self._accepted[event_type.id] += 1
         if variant == 1 and self.spool.over_soft_cap:
             variant = 2  # shed load: JSON players stop their 10-second VIEW beacons
@@ -248,8 +253,10 @@ class BeaconApp:
             query = ks_codec.strip_from_query(query, mask=b"<redacted>")
         raw_body = request.body if request.method == b"POST" else b""
         if json_body and "ks" in json_body:
-            json_body = {**json_body, "ks": "<redacted>"}
-            raw_body = orjson.dumps(json_body)
+            try:
+                raw_body = orjson.dumps({**json_body, "ks": "<redacted>"})
+            except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
+                raw_body = ks_codec.redact(raw_body)
         elif raw_body and json_body is None:  # form, text or broken JSON: mask ks in any spelling
             raw_body = ks_codec.redact(raw_body)
         self.spool.append(orjson.dumps((

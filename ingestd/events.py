@@ -328,12 +328,16 @@ def json_params(obj: dict) -> tuple[dict[bytes, bytes], dict[str, str]]:
         elif kind is bool:
             text = "true" if value else "false"
         else:
-            text = orjson.dumps(value).decode()
+            try:
+                text = orjson.dumps(value).decode()
+            except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes 254
+                raise Rejection("bad_request", TOO_DEEP) from None
         texts[key] = text
         raw_params[raw_key] = text.encode()
     return raw_params, texts
 
 
+TOO_DEEP = "body is JSON nested too deeply to be stored (orjson writes at most 254 levels)"
 JSON_KEY_CACHE_ENTRIES = 4096  # distinct JSON names kept encoded; past this, new names are encoded each time
 _JSON_KEY_BYTES: dict[str, bytes] = {}
 

@@ -569,3 +569,29 @@ def test_event_type_with_tab_or_newline_is_rejected_not_stored_as_0(server):
     assert [as_int(r["event_type"]) for r in rows(server, "events", agent, "event_type")] == [3]
     rejected = rows(server, "rejected_events", agent, "reason")
     assert [r["reason"] for r in rejected] == ["unknown_event_type"] * 5
+
+
+def test_json_nested_too_deeply_to_write_is_400_and_kept_redacted(server):
+    """orjson reads 1024 levels but writes 254: such a body is a 400 kept in rejected_events, not a 500."""
+    agent = "json-too-deep"
+    ks_value = "S0VZdGVzdGtzdGVzdGtzdGVzdA=="
+
+    def deep(head: bytes, levels: int) -> bytes:
+        return head + b',"x":' + b"[" * levels + b"]" * levels + b"}"
+
+    bodies = [
+        deep(b'{"eventType":3,"partnerId":5,"entryId":"e"', 254),  # fast path: the row's dump fails
+        deep(b'{"eventType":"3","partnerId":5,"entryId":"e","ks":"' + ks_value.encode() + b'"', 300),  # general path
+        deep(b'{"eventType":3,"partnerId":5,"entryId":"e","ks":"' + ks_value.encode() + b'"', 254),  # fast, ks cut
+        deep(b'{"eventType":"abc","ks":"' + ks_value.encode() + b'"', 260),  # rejected anyway, with a ks
+    ]
+    statuses = [post(server, "/collect", body, "application/json", agent)[0] for body in bodies]
+    assert statuses == [400] * 4
+    rejected = rows(server, "rejected_events", agent, "reason, message, raw_body")
+    assert [r["reason"] for r in rejected] == ["bad_request"] * 4  # (the last one could not be stored either)
+    assert all("nested too deeply" in r["message"] for r in rejected)
+    assert all(r["raw_body"].endswith("]]]}") for r in rejected)  # the body as sent...
+    assert all(ks_value not in r["raw_body"] and ks_value.rstrip("=") not in r["raw_body"] for r in rejected)
+    assert sum("<redacted>" in r["raw_body"] for r in rejected) == 3  # ...with its ks masked
+    assert rows(server, "events", agent, "event_type") == []
+    assert "Traceback" not in server.log_text()
