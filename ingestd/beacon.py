@@ -20,6 +20,9 @@ API_PATH = b"/api_v3/index.php"  # the document's path: service=analytics&action
 BEACON_PATHS = (API_PATH, b"/collect")
 RETRY_AFTER_SECONDS = 5
 KS_CACHE_ENTRIES = 10_000  # decoded ks values kept (~1 KiB each); cleared when full
+# a real ks is a few hundred bytes; a longer one (up to a 64 KiB body) is decoded each time, never kept,
+# so the cache holds at most ~KS_CACHE_ENTRIES KiB whatever is sent
+KS_CACHE_VALUE_BYTES = 1024
 
 _CORS_PREFLIGHT = Response(
     204,
@@ -196,10 +199,12 @@ class BeaconApp:
             # a session sends the same ks with each of its beacons: decode and hash it once
             ks_info = self._ks_seen.get(raw_ks)
             if ks_info is None:
-                if len(self._ks_seen) >= KS_CACHE_ENTRIES:
-                    self._ks_seen.clear()
                 plain = form_decode(raw_ks) if type(raw_ks) is bytes else raw_ks.encode()
-                ks_info = self._ks_seen[raw_ks] = ks_codec.describe(plain)
+                ks_info = ks_codec.describe(plain)
+                if len(raw_ks) <= KS_CACHE_VALUE_BYTES:
+                    if len(self._ks_seen) >= KS_CACHE_ENTRIES:
+                        self._ks_seen.clear()
+                    self._ks_seen[raw_ks] = ks_info
         ip = self._ip_by_peer.get(request.peer)  # ClientIP.stored() without the call, for a known peer
         if ip is None:
             ip = self.client_ip(request)
