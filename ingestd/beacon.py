@@ -216,10 +216,13 @@ class BeaconApp:
         # orjson.loads() refuses lone surrogates, so every text in the row can be encoded; but it reads
         # JSON nested 1024 levels deep and writes only 254 (a try costs nothing in 3.11 until it raises)
         try:
-            self._pending_rows.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            data = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
         except orjson.JSONEncodeError:
             # the fast path may have taken the ks out of the parsed body: keep the body as it was sent
             return self._reject(request, request.query, Rejection("bad_request", TOO_DEEP))
+        if json_body is not None and raw_ks is not None and ks_codec.echoed(data, raw_ks):
+            data = self._mask_echoes(row, raw_ks)  # a JSON value or the query string repeats the ks
+        self._pending_rows.append(data)
         self._accepted[event_type.id] += 1
         if variant == 1 and self.spool.over_soft_cap:
             variant = 2  # shed load: JSON players stop their 10-second VIEW beacons
@@ -229,6 +232,15 @@ class BeaconApp:
             ticket = self._tickets[variant] = Ticket()
             self._schedule_commit()
         return ticket
+
+    @staticmethod
+    def _mask_echoes(row: tuple, raw_ks) -> bytes:
+        """The spooled row of a JSON beacon with every spelling of its ks masked in its query and body."""
+        values, plain = ([raw_ks], []) if type(raw_ks) is bytes else ([], [raw_ks.encode("utf-8", "surrogatepass")])
+        query = ks_codec.mask_values(row[4].encode("utf-8", "surrogatepass"), values, plain)
+        body = ks_codec.mask_tree(row[5], ks_codec.text_forms(values, plain))
+        row = (*row[:4], query.decode("utf-8", "replace"), body, *row[6:])
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
 
     @staticmethod
     def _check_service(params, body) -> None:
@@ -253,17 +265,29 @@ class BeaconApp:
         ks_info = {}
         if params is None:  # (the general path passes the split it validated)
             params = split_query(query)
+        # every ks value sent, as sent in the query string or a form body (encoded) and in a JSON or
+        # multipart body (plain): each is masked in its own place and, in all its spellings, wherever
+        # else it appears (a referrer that carried it)
+        values = ks_codec.query_values(query) if b"ks" in params else []
+        raw_body = request.body if request.method == b"POST" else b""
+        body_values, plain = ks_codec.body_secrets(raw_body) if raw_body else ([], [])
+        if json_body and "ks" in json_body:
+            secret = json_body["ks"]
+            if type(secret) is str:
+                plain.append(secret.encode("utf-8", "surrogatepass"))
+            try:
+                raw_body = orjson.dumps({**json_body, "ks": ks_codec.MASK.decode()})
+            except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
+                pass
+        if raw_body:
+            raw_body = ks_codec.redact(raw_body, values, plain)
         if b"ks" in params:
             ks_info = {"hash": ks_codec.digest(form_decode(params[b"ks"]).strip())}
-            query = ks_codec.strip_from_query(query, mask=b"<redacted>")
-        raw_body = request.body if request.method == b"POST" else b""
-        if json_body and "ks" in json_body:
-            try:
-                raw_body = orjson.dumps({**json_body, "ks": "<redacted>"})
-            except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
-                raw_body = ks_codec.redact(raw_body)
-        elif raw_body and json_body is None:  # form, text or broken JSON: mask ks in any spelling
-            raw_body = ks_codec.redact(raw_body)
+            query = ks_codec.strip_from_query(query, mask=ks_codec.MASK)
+        if body_values or plain:  # a ks from the body echoed in the query string
+            query = ks_codec.mask_values(query, body_values, plain)
+        if ks_codec.names_ks_unmasked(query):  # (a text body is in it too) a ks in a syntax not parsed here
+            query = ks_codec.MASK
         self.spool.append(orjson.dumps((
             "r", int(request.received_at * 1000), self.client_ip(request),
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
