@@ -270,7 +270,7 @@ class BeaconApp:
         # else it appears (a referrer that carried it)
         values = ks_codec.query_values(query) if b"ks" in params else []
         raw_body = request.body if request.method == b"POST" else b""
-        body_values, plain = ks_codec.body_secrets(raw_body) if raw_body else ([], [])
+        plain = []
         if json_body and "ks" in json_body:
             secret = json_body["ks"]
             if type(secret) is str:
@@ -279,13 +279,16 @@ class BeaconApp:
                 raw_body = orjson.dumps({**json_body, "ks": ks_codec.MASK.decode()})
             except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
                 pass
+        body_values, body_plain = ks_codec.body_secrets(raw_body) if raw_body else ((), ())
+        plain += body_plain
+        forms = ks_codec.secret_forms([*values, *body_values], plain) if values or body_values or plain else []
         if raw_body:
-            raw_body = ks_codec.redact(raw_body, values, plain)
+            raw_body = ks_codec.redact(raw_body, forms=forms)
         if b"ks" in params:
             ks_info = {"hash": ks_codec.digest(form_decode(params[b"ks"]).strip())}
             query = ks_codec.strip_from_query(query, mask=ks_codec.MASK)
         if body_values or plain:  # a ks from the body echoed in the query string
-            query = ks_codec.mask_values(query, body_values, plain)
+            query = ks_codec.mask_forms(query, forms)
         if ks_codec.names_ks_unmasked(query):  # (a text body is in it too) a ks in a syntax not parsed here
             query = ks_codec.MASK
         self.spool.append(orjson.dumps((

@@ -386,3 +386,9 @@ def test_json_beacon_echo_of_its_ks_is_masked_fast_and_general_path():
     for row in app.spool.pending:
         assert not _spellings_leaked(row), row
         assert ks.MASK in row
+
+
+def test_a_ks_named_in_no_syntax_parsed_is_flagged_also_inside_an_encoded_url():
+    assert ks.names_ks_unmasked(b"r=https%3A%2F%2Fs%2F%3Fks%3Dabc")  # an echo of a value not known
+    assert not ks.names_ks_unmasked(b"r=https%3A%2F%2Fs%2F%3Fks%3D<redacted>")
+    assert not ks.names_ks_unmasked(b"tracks=1&thanks=2&ks_version=3&looks=ks_x")
