@@ -289,7 +289,9 @@ class BeaconApp:
             query = ks_codec.strip_from_query(query, mask=ks_codec.MASK)
         if body_values or plain:  # a ks from the body echoed in the query string
             query = ks_codec.mask_forms(query, forms)
-        if ks_codec.names_ks_unmasked(query):  # (a text body is in it too) a ks in a syntax not parsed here
+        # a text body is in the query string too: a ks it names in a syntax not parsed here masks it all
+        # (a query string alone is parsed: its ks pairs and their echoes are masked above)
+        if raw_body and not json_body and ks_codec.names_ks_unmasked(query):
             query = ks_codec.MASK
         self.spool.append(orjson.dumps((
             "r", int(request.received_at * 1000), self.client_ip(request),
