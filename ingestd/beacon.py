@@ -268,31 +268,31 @@ class BeaconApp:
         # every ks value sent, as sent in the query string or a form body (encoded) and in a JSON or
         # multipart body (plain): each is masked in its own place and, in all its spellings, wherever
         # else it appears (a referrer that carried it)
-        values = ks_codec.query_values(query) if b"ks" in params else []
         raw_body = request.body if request.method == b"POST" else b""
-        plain = []
-        if json_body and "ks" in json_body:
-            secret = json_body["ks"]
-            if type(secret) is str:
-                plain.append(secret.encode("utf-8", "surrogatepass"))
-            try:
-                raw_body = orjson.dumps({**json_body, "ks": ks_codec.MASK.decode()})
-            except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
-                pass
-        body_values, body_plain = ks_codec.body_secrets(raw_body) if raw_body else ((), ())
-        plain += body_plain
-        forms = ks_codec.secret_forms([*values, *body_values], plain) if values or body_values or plain else []
-        if raw_body:
-            raw_body = ks_codec.redact(raw_body, forms=forms)
+        values = ks_codec.query_values(query) if raw_body and b"ks" in params else []
         if b"ks" in params:
             ks_info = {"hash": ks_codec.digest(form_decode(params[b"ks"]).strip())}
             query = ks_codec.strip_from_query(query, mask=ks_codec.MASK)
-        if body_values or plain:  # a ks from the body echoed in the query string
-            query = ks_codec.mask_forms(query, forms)
-        # a text body is in the query string too: a ks it names in a syntax not parsed here masks it all
-        # (a query string alone is parsed: its ks pairs and their echoes are masked above)
-        if raw_body and not json_body and ks_codec.names_ks_unmasked(query):
-            query = ks_codec.MASK
+        if raw_body:  # (a GET's query string alone is masked by strip_from_query, echoes included)
+            plain = []
+            if json_body and "ks" in json_body:
+                secret = json_body["ks"]
+                if type(secret) is str:
+                    plain.append(secret.encode("utf-8", "surrogatepass"))
+                try:
+                    raw_body = orjson.dumps({**json_body, "ks": ks_codec.MASK.decode()})
+                except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
+                    pass
+            body_values, body_plain = ks_codec.body_secrets(raw_body)
+            plain += body_plain
+            forms = ks_codec.secret_forms([*values, *body_values], plain) if values or body_values or plain else []
+            raw_body = ks_codec.redact(raw_body, forms=forms)
+            if body_values or plain:  # a ks from the body echoed in the query string
+                query = ks_codec.mask_forms(query, forms)
+            # a text body is in the query string too: a ks it names in a syntax not parsed here masks it
+            # all (a query string alone is all form syntax, parsed)
+            if not json_body and ks_codec.names_ks_unmasked(query):
+                query = ks_codec.MASK
         self.spool.append(orjson.dumps((
             "r", int(request.received_at * 1000), self.client_ip(request),
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
