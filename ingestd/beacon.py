@@ -283,10 +283,11 @@ class BeaconApp:
                     raw_body = orjson.dumps({**json_body, "ks": ks_codec.MASK.decode()})
                 except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
                     pass
-            body_values, body_plain = ks_codec.body_secrets(raw_body)
+            named = ks_codec.may_name_ks(raw_body)  # (most bodies do not: then they are only searched for echoes)
+            body_values, body_plain = ks_codec.body_secrets(raw_body) if named else ((), ())
             plain += body_plain
             forms = ks_codec.secret_forms([*values, *body_values], plain) if values or body_values or plain else []
-            raw_body = ks_codec.redact(raw_body, forms=forms)
+            raw_body = ks_codec.redact(raw_body, forms=forms) if named else ks_codec.mask_forms(raw_body, forms)
             if body_values or plain:  # a ks from the body echoed in the query string
                 query = ks_codec.mask_forms(query, forms)
             # a text body is in the query string too: a ks it names in a syntax not parsed here masks it
