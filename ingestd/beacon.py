@@ -11,7 +11,7 @@ import logging
 import orjson
 
 from . import ks as ks_codec
-from .events import Rejection, check_json, check_query, form_decode, json_params, split_query, validate
+from .events import TOO_DEEP, Rejection, check_json, check_query, form_decode, json_params, split_query, validate
 from .http import CLOCK, Response, Ticket, error_response
 
 log = logging.getLogger("ingestd.beacon")
@@ -20,6 +20,9 @@ API_PATH = b"/api_v3/index.php"  # the document's path: service=analytics&action
 BEACON_PATHS = (API_PATH, b"/collect")
 RETRY_AFTER_SECONDS = 5
 KS_CACHE_ENTRIES = 10_000  # decoded ks values kept (~1 KiB each); cleared when full
+# a real ks is a few hundred bytes; a longer one (up to a 64 KiB body) is decoded each time, never kept,
+# so the cache holds at most ~KS_CACHE_ENTRIES KiB whatever is sent
+KS_CACHE_VALUE_BYTES = 1024
 
 _CORS_PREFLIGHT = Response(
     204,
@@ -181,8 +184,8 @@ class BeaconApp:
                     del body_map["ks"]
         else:  # anything unusual: the general path, which is the definition of the rules
             params = split_query(query)
-            body, body_map = json_params(json_body) if json_body else (None, {})
             try:
+                body, body_map = json_params(json_body) if json_body else (None, {})
                 if api:
                     self._check_service(params, body)
                 checked = validate(params, body, self.strict)
@@ -198,10 +201,12 @@ class BeaconApp:
             # a session sends the same ks with each of its beacons: decode and hash it once
             ks_info = self._ks_seen.get(raw_ks)
             if ks_info is None:
-                if len(self._ks_seen) >= KS_CACHE_ENTRIES:
-                    self._ks_seen.clear()
                 plain = form_decode(raw_ks) if type(raw_ks) is bytes else raw_ks.encode()
-                ks_info = self._ks_seen[raw_ks] = ks_codec.describe(plain)
+                ks_info = ks_codec.describe(plain)
+                if len(raw_ks) <= KS_CACHE_VALUE_BYTES:
+                    if len(self._ks_seen) >= KS_CACHE_ENTRIES:
+                        self._ks_seen.clear()
+                    self._ks_seen[raw_ks] = ks_info
         ip = self._ip_by_peer.get(request.peer)  # ClientIP.stored() without the call, for a known peer
         if ip is None:
             ip = self.client_ip(request)
@@ -210,8 +215,16 @@ class BeaconApp:
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
             query.decode("utf-8", "replace"), body_map, missing, ks_info, "", "", "",
         )
-        # orjson.loads() refuses lone surrogates, so every text in the row can be encoded
-        self._pending_rows.append(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        # orjson.loads() refuses lone surrogates, so every text in the row can be encoded; but it reads
+        # JSON nested 1024 levels deep and writes only 254 (a try costs nothing in 3.11 until it raises)
+        try:
+            data = orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:
+            # the fast path may have taken the ks out of the parsed body: keep the body as it was sent
+            return self._reject(request, request.query, Rejection("bad_request", TOO_DEEP))
+        if json_body is not None and raw_ks is not None and ks_codec.echoed(data, raw_ks):
+            data = self._mask_echoes(row, raw_ks)  # a JSON value or the query string repeats the ks
+        self._pending_rows.append(data)
         self._accepted[event_type.id] += 1
         if variant == 1 and self.spool.over_soft_cap:
             variant = 2  # shed load: JSON players stop their 10-second VIEW beacons
@@ -221,6 +234,15 @@ class BeaconApp:
             ticket = self._tickets[variant] = Ticket()
             self._schedule_commit()
         return ticket
+
+    @staticmethod
+    def _mask_echoes(row: tuple, raw_ks) -> bytes:
+        """The spooled row of a JSON beacon with every spelling of its ks masked in its query and body."""
+        values, plain = ([raw_ks], []) if type(raw_ks) is bytes else ([], [raw_ks.encode("utf-8", "surrogatepass")])
+        query = ks_codec.mask_values(row[4].encode("utf-8", "surrogatepass"), values, plain)
+        body = ks_codec.mask_tree(row[5], ks_codec.text_forms(values, plain))
+        row = (*row[:4], query.decode("utf-8", "replace"), body, *row[6:])
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
 
     @staticmethod
     def _check_service(params, body) -> None:
@@ -245,15 +267,35 @@ class BeaconApp:
         ks_info = {}
         if params is None:  # (the general path passes the split it validated)
             params = split_query(query)
+        # every ks value sent, as sent in the query string or a form body (encoded) and in a JSON or
+        # multipart body (plain): each is masked in its own place and, in all its spellings, wherever
+        # else it appears (a referrer that carried it)
+        raw_body = request.body if request.method == b"POST" else b""
+        values = ks_codec.query_values(query) if raw_body and b"ks" in params else []
         if b"ks" in params:
             ks_info = {"hash": ks_codec.digest(form_decode(params[b"ks"]).strip())}
-            query = ks_codec.strip_from_query(query, mask=b"<redacted>")
-        raw_body = request.body if request.method == b"POST" else b""
-        if json_body and "ks" in json_body:
-            json_body = {**json_body, "ks": "<redacted>"}
-            raw_body = orjson.dumps(json_body)
-        elif raw_body and json_body is None:  # form, text or broken JSON: mask ks in any spelling
-            raw_body = ks_codec.redact(raw_body)
+            query = ks_codec.strip_from_query(query, mask=ks_codec.MASK)
+        if raw_body:  # (a GET's query string alone is masked by strip_from_query, echoes included)
+            plain = []
+            if json_body and "ks" in json_body:
+                secret = json_body["ks"]
+                if type(secret) is str:
+                    plain.append(secret.encode("utf-8", "surrogatepass"))
+                try:
+                    raw_body = orjson.dumps({**json_body, "ks": ks_codec.MASK.decode()})
+                except orjson.JSONEncodeError:  # nested too deeply to write: mask the body as it was sent
+                    pass
+            named = ks_codec.may_name_ks(raw_body)  # (most bodies do not: then they are only searched for echoes)
+            body_values, body_plain = ks_codec.body_secrets(raw_body) if named else ((), ())
+            plain += body_plain
+            forms = ks_codec.secret_forms([*values, *body_values], plain) if values or body_values or plain else []
+            raw_body = ks_codec.redact(raw_body, forms=forms) if named else ks_codec.mask_forms(raw_body, forms)
+            if body_values or plain:  # a ks from the body echoed in the query string
+                query = ks_codec.mask_forms(query, forms)
+            # a text body is in the query string too: a ks it names in a syntax not parsed here masks it
+            # all (a query string alone is all form syntax, parsed)
+            if not json_body and ks_codec.names_ks_unmasked(query):
+                query = ks_codec.MASK
         self.spool.append(orjson.dumps((
             "r", int(request.received_at * 1000), self.client_ip(request),
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),

@@ -314,7 +314,9 @@ def json_params(obj: dict) -> tuple[dict[bytes, bytes], dict[str, str]]:
         raw_key = key_bytes.get(key)  # players send the same ~30 names every time: encode them once
         if raw_key is None:
             raw_key = key.encode("utf-8", "surrogatepass")
-            if len(key_bytes) < JSON_KEY_CACHE_ENTRIES:
+            if len(raw_key) <= CACHED_NAME_BYTES:  # a name is a few words: a long one is not kept
+                if len(key_bytes) >= JSON_KEY_CACHE_ENTRIES:
+                    key_bytes.clear()
                 key_bytes[key] = raw_key
         kind = type(value)  # exact types first: most values are str or int (bool is not int here)
         if kind is str:
@@ -328,13 +330,18 @@ def json_params(obj: dict) -> tuple[dict[bytes, bytes], dict[str, str]]:
         elif kind is bool:
             text = "true" if value else "false"
         else:
-            text = orjson.dumps(value).decode()
+            try:
+                text = orjson.dumps(value).decode()
+            except orjson.JSONEncodeError:  # orjson reads 1024 levels but writes 254
+                raise Rejection("bad_request", TOO_DEEP) from None
         texts[key] = text
         raw_params[raw_key] = text.encode()
     return raw_params, texts
 
 
-JSON_KEY_CACHE_ENTRIES = 4096  # distinct JSON names kept encoded; past this, new names are encoded each time
+TOO_DEEP = "body is JSON nested too deeply to be stored (orjson writes at most 254 levels)"
+JSON_KEY_CACHE_ENTRIES = 4096  # distinct JSON names kept encoded; cleared when full
+CACHED_NAME_BYTES = 64  # longer names (the longest field name has 25) are encoded each time, never kept
 _JSON_KEY_BYTES: dict[str, bytes] = {}
 
 
@@ -370,7 +377,9 @@ def validate(query: dict[bytes, bytes], body: dict[bytes, bytes] | None, strict:
     event_type = _REGISTRY_BY_RAW.get(raw_type)
     if event_type is None:
         plain_type = form_decode(raw_type) if encoded else raw_type
-        event_type = _REGISTRY_BY_RAW.get(plain_type.strip())
+        # spaces only, as the view's trimBoth: bytes.strip() also takes \t\n\r\v\f, which the
+        # view keeps (toUInt16OrZero then stores event_type 0)
+        event_type = _REGISTRY_BY_RAW.get(plain_type.strip(b" "))
         if event_type is None:
             raise Rejection("unknown_event_type", f"eventType {_shorten(plain_type)!r} is not a known event type")
     partner = merged.get(b"partnerId")
@@ -421,6 +430,11 @@ def describe(types: Iterable[int] | None = None) -> list[str]:
 # rules (tests/unit/test_fastpaths.py holds the two equal).
 
 RULE_CACHE_ENTRIES = 4096  # (shape, type) rules kept: a few per player build; cleared when full
+# What one cached shape may hold: a player sends ~25-40 names of up to ~25 bytes (bench corpus: 37 names,
+# 21 bytes). The entry count alone does not bound memory: the sender chooses how many names a shape has
+# (a 64 KiB form body holds ~6,000), so a larger shape is not cached and goes to validate() each time.
+SHAPE_NAMES = 64
+SHAPE_BYTES = 1024  # the names joined
 _SEPARATORS_ONLY = bytes(b for b in range(256) if b not in b"&=")  # translate() deletes these
 _ALTERNATING = b"=&" * 4096  # the separators of well-formed pairs: = & = & … =
 _INT_FIELDS = frozenset(n for n, t in _NUMERIC_RAW.values() if t == "int")
@@ -544,11 +558,17 @@ class _Shape:
 
 _SHAPES: tuple[dict, dict] = ({}, {})  # [api] names joined with '&' -> _Shape, or None (validate() decides)
 _JSON_RULES: dict[tuple, tuple | None] = {}  # (keys, eventType) -> _json_rule()
+# What the entries hold beyond themselves, counted so that it is bounded too (a shape keeps a rule, with
+# its compiled pattern, per event type sent with it; a JSON rule up to KINDS_PER_RULE type tuples):
+# rules in _SHAPES[False], in _SHAPES[True], type tuples in _JSON_RULES. Past the bound, that cache is cleared.
+_KEPT = [0, 0, 0]
+KINDS_KEPT = 4 * RULE_CACHE_ENTRIES
 
 
-def _cache(cache: dict, key, value):
+def _cache(cache: dict, key, value, slot: int):
     if len(cache) >= RULE_CACHE_ENTRIES:
         cache.clear()
+        _KEPT[slot] = 0
     cache[key] = value
     return value
 
@@ -573,7 +593,9 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
     shapes = _SHAPES[api]
     shape = shapes.get(key, False)
     if shape is False:
-        shape = _cache(shapes, key, _shape(names))
+        if len(names) > SHAPE_NAMES or len(key) > SHAPE_BYTES:
+            return None  # not cached: see SHAPE_NAMES
+        shape = _cache(shapes, key, _shape(names), api)
     if shape is None:
         return None
     raw_type = parts[shape.event_type]
@@ -582,6 +604,10 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
         event_type = _REGISTRY_BY_RAW.get(raw_type)
         if event_type is None:
             return None  # not cached: any bytes could come here
+        if _KEPT[api] >= RULE_CACHE_ENTRIES:  # (this shape's rule is still made, for this request)
+            shapes.clear()
+            _KEPT[api] = 0
+        _KEPT[api] += 1
         rule = shape.rules[raw_type] = _query_rule(shape.at, event_type, api)
     if rule is None:
         return None
@@ -606,8 +632,10 @@ def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventT
         event_type = REGISTRY.get(raw_type)
         if event_type is None:
             return None  # not cached: any number could come here
+        if len(key[0]) > SHAPE_NAMES or sum(map(len, key[0])) > SHAPE_BYTES - SHAPE_NAMES:
+            return None  # not cached: see SHAPE_NAMES (the names' characters, without the '&' a query has)
         at = _plan(key[0])
-        rule = _cache(_JSON_RULES, key, _json_rule(at, event_type) if at is not None else None)
+        rule = _cache(_JSON_RULES, key, _json_rule(at, event_type) if at is not None else None, 2)
     if rule is None:
         return None
     event_type, checked, ints, numbers, kinds_seen, missing, has_ks = rule
@@ -620,6 +648,10 @@ def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventT
         if not _valid_kinds(kinds, ints, numbers):
             return None
         if len(kinds_seen) < KINDS_PER_RULE:
+            if _KEPT[2] >= KINDS_KEPT:  # (this rule is still used, for this request)
+                _JSON_RULES.clear()
+                _KEPT[2] = 0
+            _KEPT[2] += 1
             kinds_seen.add(kinds)
     if max(values[:ints]) > _INT64_MAX or "" in values[numbers:]:
         return None  # an integer past Int64, or a required text that is empty

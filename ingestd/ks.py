@@ -11,6 +11,9 @@ import base64
 import binascii
 import hashlib
 import re
+from urllib.parse import quote_from_bytes
+
+import orjson
 
 from .events import form_decode
 
@@ -50,9 +53,22 @@ def describe(ks: bytes) -> dict[str, str]:
 
 
 MASK = b"<redacted>"
+_UNRESERVED = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"  # never percent-encoded
+_MASK_TEXT = MASK.decode()
+_BASE64 = _UNRESERVED + b"+/="
+ECHO_VALUES = 8  # distinct ks values (of each kind) whose echoes are searched for in one text
 MIN_SECRET_BYTES = 16  # shorter ks values are not searched for elsewhere (they would match innocent text)
 # "ks": value in JSON-like text, also with \u-escaped letters; the value up to its closing quote
 _JSON_KS = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*(?:"(?:[^"\\]|\\.)*"?|[^,}\]\s]*)')
+_JSON_KS_VALUE = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*"((?:[^"\\]|\\.)*)')  # a string value's content
+# a multipart/form-data part named ks: its headers, a blank line, then the value up to the line's end
+_MULTIPART_KS = re.compile(rb'name\s*=\s*(?:"ks"|ks\b)[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)', re.IGNORECASE)
+# `ks` as a name in any syntax (a token, also escaped); each one left must be followed closely by the mask
+# (searched for in the lower-cased text, its left edge checked by hand: a lookbehind tried at every position
+# is ~3x slower)
+_KS_NAME = re.compile(rb'(?:k|%6b|\\u006b)(?:s|%73|\\u0073)(?![a-z0-9_])')
+_WORD = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_")
+_MASK_WITHIN = 200  # bytes between a name and its masked value: a multipart part's headers fit
 
 
 def _literal_ks_pairs(query: bytes) -> list[tuple[int, int]]:
@@ -118,8 +134,9 @@ def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
         start = query.find(b"&ks=")
         out = query[:start] + query[start + 4 + len(value):]
     probe = value[:MIN_SECRET_BYTES]  # _mask_echoes() inlined: this runs for every beacon with a ks
-    # find() and int needles ('%', '+'): `bytes in bytes` first tries the needle as an int (~85 ns)
-    if len(probe) == MIN_SECRET_BYTES and (out.find(probe) >= 0 or 37 in probe or 43 in probe):
+    # find() and int needles ('%', '+', '/'): `bytes in bytes` first tries the needle as an int (~85 ns);
+    # an echo may spell those three otherwise, so the probe would not find it
+    if len(probe) == MIN_SECRET_BYTES and (out.find(probe) >= 0 or 37 in probe or 43 in probe or 47 in probe):
         out = mask_values(out, [value])
     return out, value
 
@@ -127,35 +144,173 @@ def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
 def _mask_echoes(out: bytes, values: list[bytes]) -> bytes:
     """`out` with the ks values masked wherever else they appear."""
     # Echoes are rare: look for one only when a ks prefix recurs (or is escaped, so it cannot be probed).
-    for value in values:
+    for value in values[:ECHO_VALUES]:  # (a repeated value is searched for again: cheap, and rare)
         probe = value[:MIN_SECRET_BYTES]
-        if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe):
+        if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe or b"/" in probe):
             return mask_values(out, values)
     return out
 
 
-def secret_forms(values: list[bytes]) -> list[bytes]:
-    """The ways these raw ks values could be spelled elsewhere: as sent, decoded, decoded without padding."""
+def _spellings(plain: bytes) -> tuple[bytes, ...]:
+    """How a plain ks value is spelled inside another value: as it is, without its padding, and
+    percent-encoded once or twice (a referrer URL that carried it, itself encoded as a parameter),
+    with '/' escaped or kept as encodeURIComponent and Python's quote() write it."""
+    core = plain.rstrip(b"=")  # a prefix of every padded spelling: masking it leaves only the padding
+    if core.translate(None, _BASE64):  # not Base64: quote() in Python, byte by byte
+        once = quote_from_bytes(core, safe=b"").encode()
+        once_slash = quote_from_bytes(core, safe=b"/").encode()
+    else:  # a Base64 ks (also URL-safe): only '+', '/' and '=' are escaped, as quote() does
+        once_slash = core.replace(b"+", b"%2B").replace(b"=", b"%3D")
+        once = once_slash.replace(b"/", b"%2F")
+    return (plain, core, once, once_slash, once.replace(b"%", b"%25"), once_slash.replace(b"%", b"%25"))
+
+
+def secret_forms(values: list[bytes], plain: list[bytes] = ()) -> list[bytes]:
+    """The ways these ks values could be spelled elsewhere, longest first: `values` as sent in a query
+    string or form body (raw, also with its escapes escaped again), `plain` as a JSON body holds them;
+    each also decoded, without padding, and percent-encoded once and twice (see _spellings)."""
     forms = set()
-    for raw in values:
+    # a client sends one ks, two at most: the echoes of only the first few distinct values are searched
+    # for, as each costs a scan of the text per spelling (a 64 KiB body holds 3,000 ks pairs)
+    for raw in list(dict.fromkeys(values))[:ECHO_VALUES]:
+        forms.add(raw)
+        if b"%" in raw:
+            forms.add(raw.replace(b"%", b"%25"))  # the value as sent, encoded again inside another value
         decoded = form_decode(raw).strip()
-        for form in (raw, decoded, decoded.rstrip(b"=")):
-            if len(form) >= MIN_SECRET_BYTES:
-                forms.add(form)
-    return sorted(forms, key=len, reverse=True)
+        if len(decoded) < MIN_SECRET_BYTES:
+            continue
+        forms.update(_spellings(decoded))
+        if b" " in decoded:  # a '+' the client did not escape: decoded to ' ', echoed as '+' or '%2B'
+            forms.update(_spellings(decoded.replace(b" ", b"+")))
+    for value in list(dict.fromkeys(plain))[:ECHO_VALUES]:
+        value = value.strip()
+        if len(value) >= MIN_SECRET_BYTES:
+            forms.update(_spellings(value))
+    return sorted((form for form in forms if len(form) >= MIN_SECRET_BYTES), key=len, reverse=True)
 
 
-def mask_values(text: bytes, values: list[bytes]) -> bytes:
-    """`text` with every spelling of the given raw ks values replaced by the mask."""
-    for form in secret_forms(values):
+def mask_values(text: bytes, values: list[bytes], plain: list[bytes] = ()) -> bytes:
+    """`text` with every spelling of the given ks values (see secret_forms) replaced by the mask."""
+    return mask_forms(text, secret_forms(values, plain))
+
+
+def mask_forms(text: bytes, forms: list[bytes]) -> bytes:
+    """`text` with each of secret_forms() replaced by the mask."""
+    for form in forms:
         if form in text:
             text = text.replace(form, MASK)
     return text
 
 
-def redact(data: bytes) -> bytes:
-    """A raw body as sent (form, JSON, or broken either way) with every ks value in it masked."""
-    if b"k" not in data and b"%" not in data and b"\\u" not in data:
-        return data  # no spelling of 'ks' can be in it
+def echoed(row: bytes, ks) -> bool:
+    """Whether the ks may be echoed in `row` (spooled bytes from which the ks itself was removed).
+
+    Called for every JSON beacon with a ks, so it is one find(): every spelling of a ks holds its first
+    16 characters as they are when none of them is escaped by percent-encoding (letters, digits, '-._~':
+    a KS v1 starts with a hex signature, a URL-safe KS v2 with 'djJ8')."""
+    probe = ks[:MIN_SECRET_BYTES]
+    if type(probe) is str:
+        probe = probe.encode("utf-8", "surrogatepass")
+    if len(probe) < MIN_SECRET_BYTES or row.find(probe) >= 0:
+        return len(probe) >= MIN_SECRET_BYTES
+    return not probe.isalnum() and len(probe.translate(None, _UNRESERVED)) > 0
+
+
+def mask_tree(value, forms: list[str]):
+    """A parsed JSON value with the given spellings masked in every string in it, keys included."""
+    kind = type(value)
+    if kind is str:
+        for form in forms:
+            if form in value:
+                value = value.replace(form, _MASK_TEXT)
+        return value
+    if kind is dict:
+        return {mask_tree(k, forms): mask_tree(v, forms) for k, v in value.items()}
+    if kind is list:
+        return [mask_tree(v, forms) for v in value]
+    return value
+
+
+def text_forms(values: list[bytes], plain: list[bytes] = ()) -> list[str]:
+    """secret_forms() as text, to mask parsed JSON with mask_tree()."""
+    return [form.decode("utf-8", "replace") for form in secret_forms(values, plain)]
+
+
+def query_values(query: bytes) -> list[bytes]:
+    """The raw values of every ks parameter in a query string or form body (names compared decoded)."""
+    values = []
+    if b"ks" in query or b"%" in query:
+        for pair in query.split(b"&"):
+            name, _, value = pair.partition(b"=")
+            if name == b"ks" or ((b"%" in name or b"+" in name) and form_decode(name) == b"ks"):
+                values.append(value)
+    return values
+
+
+def _json_text(raw: bytes) -> bytes:
+    """A JSON string's content (between its quotes) unescaped, or as it is if it does not parse."""
+    try:
+        text = orjson.loads(b'"' + raw + b'"')
+    except orjson.JSONDecodeError:
+        return raw
+    return text.encode("utf-8", "surrogatepass") if type(text) is str else raw
+
+
+def _may_name_ks(lowered: bytes) -> bool:
+    """Whether a lower-cased text holds any spelling of the name ks (a few finds: most bodies do not;
+    a one-byte needle is a memchr)."""
+    return b"ks" in lowered or ((b"%" in lowered or b"\\" in lowered) and (
+        b"%6b" in lowered or b"\\u006b" in lowered or b"k%73" in lowered or b"k\\u0073" in lowered))
+
+
+def may_name_ks(data: bytes) -> bool:
+    """Whether a text holds any spelling of the name ks: if not, body_secrets() finds nothing in it and
+    redact() has nothing to do but mask the spellings of values found elsewhere (mask_forms)."""
+    return _may_name_ks(data.lower())
+
+
+def body_secrets(data: bytes) -> tuple[list[bytes], list[bytes]]:
+    """The ks values in a raw body: (as sent in form syntax, plain: JSON strings and multipart parts)."""
+    lowered = data.lower()
+    if not _may_name_ks(lowered):
+        return [], []
+    plain = [_json_text(m.group(1)) for m in _JSON_KS_VALUE.finditer(data)] if b'"' in data else []
+    if b"name" in lowered:
+        plain += [m.group(1) for m in _MULTIPART_KS.finditer(data)]
+    return query_values(data), [p for p in plain if p]
+
+
+def redact(data: bytes, values: list[bytes] = (), plain: list[bytes] = (), forms: list[bytes] | None = None) -> bytes:
+    """A raw body as sent (form, JSON, multipart, or broken any way) with every ks value in it masked,
+    and every spelling of those values and of `values`/`plain` (ks values found elsewhere, as for
+    secret_forms) wherever else it appears. A body that still names a ks in a syntax not understood
+    here is replaced by the mask as a whole. `forms`: secret_forms() of all of them, if known."""
+    lowered = data.lower()
+    if not _may_name_ks(lowered):
+        if forms is None:
+            forms = secret_forms(values, plain) if values or plain else []
+        return mask_forms(data, forms)
+    if forms is None:
+        found, found_plain = body_secrets(data)
+        forms = secret_forms([*values, *found], [*plain, *found_plain])
     data = strip_from_query(data, MASK)
-    return _JSON_KS.sub(b'"ks":"' + MASK + b'"', data)
+    if b'"' in data:
+        data = _JSON_KS.sub(b'"ks":"' + MASK + b'"', data)
+    if b"name" in lowered:
+        data = _MULTIPART_KS.sub(lambda m: m.group()[:m.start(1) - m.start()] + MASK, data)
+    data = mask_forms(data, forms)
+    return MASK if names_ks_unmasked(data) else data  # nothing is kept of a syntax not parsed here
+
+
+def names_ks_unmasked(data: bytes) -> bool:
+    """Whether `data`, already masked, still names a ks (in any syntax) not followed closely by the mask."""
+    lowered = data.lower()  # (MASK is lower case)
+    if not _may_name_ks(lowered):
+        return False
+    for mention in _KS_NAME.finditer(lowered):
+        start, end = mention.span()
+        # a name starts a token, also right after an escape (a URL encoded into a parameter: '%3fks%3d')
+        edge = start == 0 or lowered[start - 1] not in _WORD or lowered[start - 3:start - 2] == b"%"
+        if edge and MASK not in lowered[end:end + _MASK_WITHIN]:
+            return True
+    return False

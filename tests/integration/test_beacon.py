@@ -538,3 +538,68 @@ def test_form_decoding_matches_clickhouse():
     result = orjson.loads(str(chdb.query(f"SELECT {selects}", "JSON")))["data"][0]
     for n, sample in enumerate(samples):
         assert events.form_decode(sample.encode()).hex().upper() == result[f"d{n}"], sample
+
+
+EVENT_TYPE_SAMPLES = ["3", " 3", "3 ", "  3  ", "\t3", "3\t", "3\n", "\r3", "3\r\n", "\x0b3", "\x0c3", "03", "+3",
+                      "3.0", "99", "10002", " 10002 ", "x", ""]
+
+
+def test_event_type_rules_match_clickhouse():
+    """validate() reads eventType as the view does: toUInt16OrZero(trimBoth(...)), which trims spaces only."""
+    chdb = pytest.importorskip("chdb")
+
+    def literal(value: str) -> str:
+        return "'" + value.encode("unicode_escape").decode().replace("'", "\\'") + "'"
+
+    selects = ", ".join(f"toUInt16OrZero(trimBoth({literal(v)})) AS t{n}" for n, v in enumerate(EVENT_TYPE_SAMPLES))
+    result = orjson.loads(str(chdb.query(f"SELECT {selects}", "JSON")))["data"][0]
+    for n, value in enumerate(EVENT_TYPE_SAMPLES):
+        query = {b"eventType": urllib.parse.quote(value).encode(), b"partnerId": b"5", b"entryId": b"e"}
+        for args in ((query, None), ({}, {**query, b"eventType": value.encode()})):  # query string, JSON body
+            try:
+                stored = events.validate(*args, False).event_type.id
+            except events.Rejection:
+                continue  # rejected: kept in rejected_events, nothing typed is stored
+            assert stored == int(result[f"t{n}"]), value
+
+
+def test_event_type_with_tab_or_newline_is_rejected_not_stored_as_0(server):
+    agent = "event-type-control-whitespace"
+    sent = [
+        get(server, "/collect?eventType=%093&partnerId=5&entryId=e", agent),
+        get(server, "/collect?eventType=3%0A&partnerId=5&entryId=e", agent),
+        get(server, "/collect?eventType=3%0D&partnerId=5&entryId=e", agent),
+        post(server, "/collect", b'{"eventType":"\\t3","partnerId":5,"entryId":"e"}', "application/json", agent),
+        post(server, "/collect", b"eventType=3\r\n&partnerId=5&entryId=e", "text/plain", agent),
+    ]
+    assert [status for status, *_ in sent] == [400] * 5
+    assert get(server, "/collect?eventType=%203%20&partnerId=5&entryId=e", agent)[0] == 200  # spaces: trimBoth
+    assert [as_int(r["event_type"]) for r in rows(server, "events", agent, "event_type")] == [3]
+    rejected = rows(server, "rejected_events", agent, "reason")
+    assert [r["reason"] for r in rejected] == ["unknown_event_type"] * 5
+
+
+def test_json_nested_too_deeply_to_write_is_400_and_kept_redacted(server):
+    """orjson reads 1024 levels but writes 254: such a body is a 400 kept in rejected_events, not a 500."""
+    agent = "json-too-deep"
+    ks_value = "S0VZdGVzdGtzdGVzdGtzdGVzdA=="
+
+    def deep(head: bytes, levels: int) -> bytes:
+        return head + b',"x":' + b"[" * levels + b"]" * levels + b"}"
+
+    bodies = [
+        deep(b'{"eventType":3,"partnerId":5,"entryId":"e"', 254),  # fast path: the row's dump fails
+        deep(b'{"eventType":"3","partnerId":5,"entryId":"e","ks":"' + ks_value.encode() + b'"', 300),  # general path
+        deep(b'{"eventType":3,"partnerId":5,"entryId":"e","ks":"' + ks_value.encode() + b'"', 254),  # fast, ks cut
+        deep(b'{"eventType":"abc","ks":"' + ks_value.encode() + b'"', 260),  # rejected anyway, with a ks
+    ]
+    statuses = [post(server, "/collect", body, "application/json", agent)[0] for body in bodies]
+    assert statuses == [400] * 4
+    rejected = rows(server, "rejected_events", agent, "reason, message, raw_body")
+    assert [r["reason"] for r in rejected] == ["bad_request"] * 4  # (the last one could not be stored either)
+    assert all("nested too deeply" in r["message"] for r in rejected)
+    assert all(r["raw_body"].endswith("]]]}") for r in rejected)  # the body as sent...
+    assert all(ks_value not in r["raw_body"] and ks_value.rstrip("=") not in r["raw_body"] for r in rejected)
+    assert sum("<redacted>" in r["raw_body"] for r in rejected) == 3  # ...with its ks masked
+    assert rows(server, "events", agent, "event_type") == []
+    assert "Traceback" not in server.log_text()

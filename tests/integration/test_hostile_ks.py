@@ -3,14 +3,23 @@ import base64
 import json
 import urllib.parse
 import urllib.request
+from urllib.parse import quote
 
 from conftest import DOCUMENT_EXAMPLE, DOCUMENT_KS
 
 BEACON = "/api_v3/index.php?service=analytics&action=trackEvent&"
+PLAY = {"eventType": 3, "partnerId": 585231, "entryId": "0_e", "flavourId": "f", "sessionId": "s", "eventIndex": 1,
+        "bufferTime": 0, "actualBitrate": 1, "preferredBitrate": 2}
 KS_DECODED = urllib.parse.unquote(DOCUMENT_KS)  # the base64 text, '=' padded
 SIGNATURE = base64.b64decode(KS_DECODED).split(b"|")[0].decode()  # the secret part inside it
 # every spelling of the credential that must not be stored
-FORBIDDEN = [DOCUMENT_KS, KS_DECODED, KS_DECODED.rstrip("="), urllib.parse.quote(KS_DECODED, safe=""), SIGNATURE]
+# a realistic KS v1 whose Base64 holds '/' and '+' (and padding): its echoes are spelled differently
+KS2_PLAIN = b"0000000000000000002bdc545d6c80dd|585231;585231;1435160676;0;1435074276.10;viewer~10?>;view:*,widget:1;;"
+KS2 = base64.b64encode(KS2_PLAIN).decode()
+assert "/" in KS2 and "+" in KS2 and KS2.endswith("=")
+FORBIDDEN = [DOCUMENT_KS, KS_DECODED, KS_DECODED.rstrip("="), urllib.parse.quote(KS_DECODED, safe=""), SIGNATURE,
+             KS2.rstrip("="), urllib.parse.quote(KS2.rstrip("="), safe=""), urllib.parse.quote(KS2.rstrip("=")),
+             urllib.parse.quote(urllib.parse.quote(KS2.rstrip("="), safe=""), safe="")]
 
 
 def ship(server, action):
@@ -28,6 +37,16 @@ def test_no_raw_ks_in_any_table_or_spool_file(make_ingestd):
         server.get(BEACON + DOCUMENT_EXAMPLE + "&ks=second&customVar2=" + referrer_echo),  # repeated, echoed
         server.post(BEACON + without_ks, json.dumps({"ks": KS_DECODED}).encode()),  # in a JSON body
         server.post(BEACON, DOCUMENT_EXAMPLE.encode(), "text/plain"),  # sendBeacon text body
+        # a JSON body whose referrer echoes its ks (the fast path, then the general one, percent-encoded)
+        server.post(BEACON, json.dumps({**PLAY, "ks": KS2, "referrer": "https://site/watch?ks=" + KS2}).encode()),
+        server.post(BEACON, json.dumps({**PLAY, "eventType": "3", "ks": KS2,
+                                        "referrer": "https://site/watch?ks=" + quote(KS2, safe="")}).encode()),
+        # the usual double encoding: the ks encoded once, the referrer that carried it encoded again
+        server.get(BEACON + without_ks + "&ks=" + quote(KS2) + "&referrer=" + quote("https://site/watch?ks=" + quote(KS2))),
+        server.get(BEACON + without_ks + "&ks=" + quote(KS2, safe="") + "&referrer="
+                   + quote("https://site/watch?ks=" + quote(KS2, safe=""), safe="")),
+        # the ks in the query string, echoed in the JSON body
+        server.post(BEACON + "ks=" + quote(KS2, safe=""), json.dumps({**PLAY, "referrer": "https://s/?ks=" + KS2}).encode()),
     ]
     rejected = [
         server.get(BEACON + "eventType=abc&ks=" + DOCUMENT_KS),
@@ -37,6 +56,14 @@ def test_no_raw_ks_in_any_table_or_spool_file(make_ingestd):
         server.post(BEACON, json.dumps({"eventType": "abc", "ks": KS_DECODED}).encode()),
         server.post(BEACON, ("eventType=abc&%6Bs=" + DOCUMENT_KS).encode(), "text/plain"),
         server.post(BEACON, ("eventType=abc&%6Bs=" + DOCUMENT_KS).encode(), "application/x-www-form-urlencoded"),
+        server.post(BEACON, b'--XX\r\nContent-Disposition: form-data; name="ks"\r\n\r\n' + KS2.encode()
+                    + b"\r\n--XX--\r\n", "multipart/form-data; boundary=XX"),  # a syntax not read, masked
+        server.post(BEACON, json.dumps({"eventType": "abc", "ks": KS2, "referrer": "https://s/?ks=" + KS2}).encode()),
+        server.post(BEACON, b'{"eventType":"abc","ks":"' + KS2.encode() + b'","r":"?ks=' + quote(KS2, safe="").encode()
+                    + b'"', "application/json"),  # broken JSON with an echo
+        server.post(BEACON, ("eventType=abc&ks=" + quote(KS2, safe="") + "&referrer="
+                             + quote("https://s/?ks=" + quote(KS2, safe=""), safe="")).encode(), "text/plain"),
+        server.post(BEACON, b"<beacon><ks>" + KS2.encode() + b"</ks></beacon>", "text/plain"),  # not parsed: masked
     ]
     assert [a[0] for a in accepted] == [200] * len(accepted)
     assert [r[0] for r in rejected] == [400] * len(rejected)
@@ -55,7 +82,7 @@ def test_no_raw_ks_in_any_table_or_spool_file(make_ingestd):
     rows = server.query("SELECT ks_status, ks_partner_id, ks_expiry, ks_privileges, ks_hash FROM analytics.events")
     assert {(r["ks_status"], int(r["ks_partner_id"]), int(r["ks_expiry"]), r["ks_privileges"]) for r in rows} == \
         {("v1", 585231, 1435160676, "view:*,widget:1")}
-    assert len({r["ks_hash"] for r in rows}) == 1
+    assert len({r["ks_hash"] for r in rows}) == 2  # the document's ks and KS2
     masked = server.query("SELECT raw_query, raw_body, ks_hash FROM analytics.rejected_events")
     assert sum("<redacted>" in r["raw_query"] + r["raw_body"] for r in masked) == len(rejected)
 

@@ -97,7 +97,8 @@ def queries(draw):
     pairs = []
     for name in names:
         if name == "eventType":
-            value = draw(st.sampled_from([b"1", b"3", b"22", b"99", b"10002", b"01", b" 3", b"", b"x"]))
+            value = draw(st.sampled_from([b"1", b"3", b"22", b"99", b"10002", b"01", b" 3", b"", b"x",
+                                                  b"%093", b"3%0A", b"%0D3", b"+3+", b"%203"]))
         elif name in ("service", "action"):
             value = draw(st.sampled_from([b"analytics", b"trackEvent", b"x"]))
         else:

@@ -413,3 +413,17 @@ def test_describe_lists_every_type():
     lines = events.describe()
     assert len(lines) == 33 and lines[0].split()[0] == "1" and lines[-1].split()[0] == "10003"
     assert orjson.dumps(lines)  # plain text
+
+
+@pytest.mark.parametrize("raw_type", [b"%093", b"3%0A", b"%0D3", b"3%0B", b"%0C3"])
+def test_event_type_with_control_whitespace_is_unknown(raw_type):
+    """The view trims spaces only (trimBoth): a tab or newline around the type would be stored as 0."""
+    with pytest.raises(Rejection) as caught:
+        validate(split_query(b"eventType=" + raw_type + b"&partnerId=5&entryId=e"), None, False)
+    assert caught.value.reason == "unknown_event_type"
+    with pytest.raises(Rejection):
+        validate({}, {b"eventType": form_decode(raw_type), b"partnerId": b"5", b"entryId": b"e"}, False)
+
+
+def test_event_type_with_spaces_is_trimmed_as_the_view_does():
+    assert validate(split_query(b"eventType=+3%20&partnerId=5&entryId=e"), None, False).event_type.id == 3

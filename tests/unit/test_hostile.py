@@ -2,7 +2,9 @@
 import ipaddress
 import time
 import os
+import urllib.parse
 
+import orjson
 import pytest
 
 from ingestd import clientip, ks, ratelimit
@@ -331,3 +333,90 @@ def test_ks_v1_and_v2_are_decoded_without_keeping_the_secret():
     assert (v2["status"], v2["partner_id"]) == ("v2", "585231")
     assert set(v2) == {"hash", "status", "partner_id"}
     assert ks.describe(b"not a ks at all")["status"] == "undecodable"
+
+
+# -- ks echoes in every spelling, ks in bodies of any syntax --------------------------------------------
+KS2 = b"MDAwMDAwMDAwMDAwMDAwMDAwMmJkYzU0NWQ2YzgwZGR8NTg1MjMxOzU4NTIzMTsxNDM1MTYwNjc2OzA7MTQzNTA3NDI3Ni4xMDt2aWV3ZXJ+MTA/Pjt2aWV3Oiosd2lkZ2V0OjE7Ow=="
+
+
+def _spellings_leaked(out: bytes) -> list[bytes]:
+    core = KS2.rstrip(b"=")
+    quoted = urllib.parse.quote_from_bytes(core, safe=b"").encode()
+    # no 24-byte piece of the secret survives in any spelling (raw, once or twice percent-encoded)
+    return [form for form in (core, quoted, quoted.replace(b"%", b"%25"), urllib.parse.quote_from_bytes(core).encode())
+            if any(form[i:i + 24] in out for i in range(0, len(form) - 24, 8))]
+
+
+@pytest.mark.parametrize("ks_as, echo", [
+    (urllib.parse.quote(KS2), urllib.parse.quote("https://s/w?ks=" + urllib.parse.quote(KS2))),
+    (urllib.parse.quote(KS2, safe=""), urllib.parse.quote("https://s/w?ks=" + urllib.parse.quote(KS2, safe=""), safe="")),
+    (KS2.decode().replace("+", "%2B"), urllib.parse.quote("https://s/w?ks=" + KS2.decode(), safe="")),
+    (urllib.parse.quote(KS2, safe=""), "https://s/w?ks=" + KS2.decode()),
+])
+def test_echo_of_the_ks_is_masked_in_its_percent_encoded_spellings(ks_as, echo):
+    query = b"eventType=3&partnerId=5&entryId=e&ks=" + ks_as.encode() + b"&referrer=" + echo.encode()
+    for out in (ks.strip_from_query(query), ks.strip_from_query(query, ks.MASK)):
+        # the view decodes the query once: the stored referrer must not hold the ks either
+        assert not _spellings_leaked(out) and not _spellings_leaked(urllib.parse.unquote_to_bytes(out)), out
+
+
+@pytest.mark.parametrize("body", [
+    b'--XX\r\nContent-Disposition: form-data; name="ks"\r\n\r\n' + KS2 + b"\r\n--XX--\r\n",  # multipart
+    b'--XX\r\nContent-Disposition: form-data; name="ks"\r\nContent-Type: text/plain\r\n\r\n' + KS2 + b"\r\n--XX--",
+    b'{"eventType":"abc","ks":"' + KS2 + b'","referrer":"https://s/?ks=' + KS2 + b'"}',  # JSON echo
+    b'{"eventType":"abc","ks":"' + KS2 + b'","r":"?ks=' + urllib.parse.quote_from_bytes(KS2, safe="").encode() + b'"',
+    b'{"ks":"' + KS2.replace(b"/", b"\\/") + b'","r":"' + KS2 + b'"}',  # JSON-escaped '/' in the value
+    b"eventType=abc&ks=" + urllib.parse.quote_from_bytes(KS2, safe="").encode() + b"&r=" + KS2,  # form echo
+    b"<beacon><ks>" + KS2 + b"</ks></beacon>",  # a syntax not parsed: the whole body is masked
+    b"ks: " + KS2,
+])
+def test_redact_masks_the_ks_and_its_echoes_in_any_body(body):
+    out = ks.redact(body)
+    assert not _spellings_leaked(out) and ks.MASK in out, out
+
+
+def test_redact_masks_values_found_elsewhere_and_keeps_bodies_that_name_no_ks():
+    assert ks.redact(b"a=1&b=" + KS2, [], [KS2]) == b"a=1&b=" + ks.MASK
+    assert ks.redact(b"tracks=1&thanks=2&ks_version=3") == b"tracks=1&thanks=2&ks_version=3"
+
+
+def test_json_beacon_echo_of_its_ks_is_masked_fast_and_general_path():
+    from ingestd.beacon import BeaconApp
+    from ingestd.http import Request
+    from ingestd.metrics import Metrics
+
+    class Spool:
+        over_cap = over_soft_cap = False
+        pending: list = []
+
+        def append(self, row):
+            self.pending.append(row)
+
+    class Loop:
+        def call_soon(self, callback):
+            pass
+
+    app = BeaconApp(Spool(), Metrics(), Loop())
+    play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
+    quoted = urllib.parse.quote(KS2.decode(), safe="")
+    sent = [
+        (b"", {**play, "ks": KS2.decode(), "referrer": "https://s/?ks=" + KS2.decode()}),  # fast path
+        (b"", {**play, "eventType": "3", "ks": KS2.decode(), "x": ["?ks=" + quoted, {"k": KS2.decode()}]}),  # general
+        (b"ks=" + quoted.encode(), {**play, "referrer": "https://s/?ks=" + KS2.decode()}),  # ks in the query
+        (b"", {**play, "ks": KS2.decode(), "referrer": "https://s/?ks=" + quoted}),
+        (b"", {"eventType": "abc", "ks": KS2.decode(), "referrer": "https://s/?ks=" + KS2.decode()}),  # rejected
+    ]
+    for query, obj in sent:
+        body = orjson.dumps(obj)
+        app.handle(Request(b"POST", b"/collect", query, {b"content-type": b"application/json"}, body,
+                           "127.0.0.1", 1.0, True))
+    assert len(app.spool.pending) == len(sent)
+    for row in app.spool.pending:
+        assert not _spellings_leaked(row), row
+        assert ks.MASK in row
+
+
+def test_a_ks_named_in_no_syntax_parsed_is_flagged_also_inside_an_encoded_url():
+    assert ks.names_ks_unmasked(b"r=https%3A%2F%2Fs%2F%3Fks%3Dabc")  # an echo of a value not known
+    assert not ks.names_ks_unmasked(b"r=https%3A%2F%2Fs%2F%3Fks%3D<redacted>")
+    assert not ks.names_ks_unmasked(b"tracks=1&thanks=2&ks_version=3&looks=ks_x")
