@@ -322,7 +322,7 @@ class Session:
                 emit(46, position, dt=rng.uniform(0.2, 3))
             elif roll < 0.058 and self.client == "json":
                 self.bitrate = rng.choice((480, 800, 1200, 2500, 4500))
-                emit(43, position, {"flavorParamsId": rng.randrange(1, 9)})
+                emit(43, position, {"actualBitrate": self.bitrate, "flavorParamsId": rng.randrange(1, 9)})
             elif roll < 0.060:
                 emit(39, position)
             elif roll < 0.062:

@@ -296,10 +296,14 @@ class BeaconApp:
             # all (a query string alone is all form syntax, parsed)
             if not json_body and ks_codec.names_ks_unmasked(query):
                 query = ks_codec.MASK
+        # a JSON body's partner and type, as text, so that the rejection is filed under them (the view
+        # reads them from the query string, or from this map when the query string lacks them)
+        filed = {name: str(value)[:40] for name in ("partnerId", "eventType")
+                 if type(value := json_body.get(name)) is int or type(value) is str} if json_body else {}
         self.spool.append(orjson.dumps((
             "r", int(request.received_at * 1000), self.client_ip(request),
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),
-            query.decode("utf-8", "replace"), {}, [], ks_info, rejection.reason, rejection.message,
+            query.decode("utf-8", "replace"), filed, [], ks_info, rejection.reason, rejection.message,
             raw_body.decode("utf-8", "replace"),
         )) + b"\n")
         ticket = Ticket()

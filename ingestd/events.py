@@ -133,7 +133,7 @@ _TYPES: dict[int, tuple[str, tuple[str, ...], bool]] = {
     # KAVA beyond the document
     15: ("Play reached 90%", _BASE, False),
     42: ("Audio selected", _BASE + ("language",), False),
-    43: ("Flavor switch", _BASE + ("flavorParamsId",), False),
+    43: ("Flavor switch", _BASE + ("actualBitrate",), False),  # what KAVA sends with it (kava-event-model)
     45: ("Buffer start", _BASE, False),
     46: ("Buffer end", _BASE, False),
     98: ("Error", _BASE + ("errorCode",), False),
@@ -379,7 +379,10 @@ def validate(query: dict[bytes, bytes], body: dict[bytes, bytes] | None, strict:
         plain_type = form_decode(raw_type) if encoded else raw_type
         # spaces only, as the view's trimBoth: bytes.strip() also takes \t\n\r\v\f, which the
         # view keeps (toUInt16OrZero then stores event_type 0)
-        event_type = _REGISTRY_BY_RAW.get(plain_type.strip(b" "))
+        plain_type = plain_type.strip(b" ")
+        if plain_type.isdigit():  # leading zeros (03): the view reads the number, so does this
+            plain_type = plain_type.lstrip(b"0") or b"0"
+        event_type = _REGISTRY_BY_RAW.get(plain_type)
         if event_type is None:
             raise Rejection("unknown_event_type", f"eventType {_shorten(plain_type)!r} is not a known event type")
     partner = merged.get(b"partnerId")

@@ -579,6 +579,22 @@ def test_event_type_with_tab_or_newline_is_rejected_not_stored_as_0(server):
     assert [r["reason"] for r in rejected] == ["unknown_event_type"] * 5
 
 
+def test_rejected_json_beacon_is_filed_under_its_partner_and_type(server):
+    """A player's JSON beacon has its partner and type in the body: its rejection is counted under them."""
+    agent = "json-rejected-partner"
+    sent = [
+        post(server, "/collect", b'{"eventType":3,"partnerId":5,"entryId":"e","bufferTime":"NaN"}', "application/json", agent),
+        post(server, "/collect", b'{"eventType":"3","partnerId":"7","entryId":"e","eventIndex":" 4"}', "application/json", agent),
+        post(server, "/collect?partnerId=9", b'{"eventType":3,"partnerId":"x","entryId":""}', "application/json", agent),
+        post(server, "/collect", b'{"eventType":true,"partnerId":[5]}', "application/json", agent),
+    ]
+    assert [status for status, *_ in sent] == [400] * 4
+    rejected = rows(server, "rejected_events", agent, "partner_id, event_type")
+    filed = sorted(((as_int(r["partner_id"]), as_int(r["event_type"])) for r in rejected), key=str)
+    # the query string wins; only numbers and strings are read (sorted: the four may share a millisecond)
+    assert filed == sorted([(5, 3), (7, 3), (9, 3), (None, None)], key=str)
+
+
 def test_json_nested_too_deeply_to_write_is_400_and_kept_redacted(server):
     """orjson reads 1024 levels but writes 254: such a body is a 400 kept in rejected_events, not a 500."""
     agent = "json-too-deep"

@@ -57,7 +57,7 @@ DOCUMENT_TABLE = [
 KAVA_TYPES = [
     ("Play reached 90%", 15, "eventType, partnerId, entryId, flavourId, sessionId, eventIndex"),
     ("Audio selected", 42, "eventType, partnerId, entryId, flavourId, sessionId, eventIndex, language"),
-    ("Flavor switch", 43, "eventType, partnerId, entryId, flavourId, sessionId, eventIndex, flavorParamsId"),
+    ("Flavor switch", 43, "eventType, partnerId, entryId, flavourId, sessionId, eventIndex, actualBitrate"),
     ("Buffer start", 45, "eventType, partnerId, entryId, flavourId, sessionId, eventIndex"),
     ("Buffer end", 46, "eventType, partnerId, entryId, flavourId, sessionId, eventIndex"),
     ("Error", 98, "eventType, partnerId, entryId, flavourId, sessionId, eventIndex, errorCode"),
@@ -337,6 +337,10 @@ def test_event_type_value_decoding():
     assert check("eventType=%33&partnerId=1&entryId=e").event_type.id == 3
     assert check("eventType=+3+&partnerId=1&entryId=e").event_type.id == 3  # spaces around it are trimmed
     assert check("eventType=10002&partnerId=1").event_type.id == 10002
+    # leading zeros: the view reads the number (toUInt16OrZero('03') is 3), so validation does too
+    assert check("eventType=03&partnerId=1&entryId=e").event_type.id == 3
+    assert check("eventType=+0099&partnerId=1&entryId=e").event_type.id == 99
+    assert check("eventType=010002&partnerId=1").event_type.id == 10002
 
 
 @pytest.mark.parametrize("raw, decoded", [
