@@ -44,8 +44,13 @@ def cmd_serve(args) -> int:
 
     if settings.workers > 1:
         from . import workers
+        from .spool import SpoolError
 
-        return workers.run(settings)
+        try:
+            return workers.run(settings)
+        except SpoolError as exc:  # a spool directory that cannot be used: one line, not a traceback
+            log.error("%s", exc)
+            return 1
     return server.serve(settings)
 
 

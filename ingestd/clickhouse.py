@@ -107,7 +107,8 @@ def release_startup_pages() -> int:
 
 def redact(dsn: str) -> str:
     """The DSN with any password replaced, for logs and --print-config."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
+    # the password runs to the last '@' before the host (clickhouse-connect splits there: p@ss is a password)
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*:)[^/?#]*@", r"\1***@", dsn)
 
 
 def split_statements(sql: str) -> list[str]:

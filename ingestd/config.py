@@ -30,12 +30,14 @@ def _finite(value):
 def _size(text) -> int:
     """'512M', '2G', '1048576' -> bytes."""
     if isinstance(text, int):
-        return text
-    s = str(text).strip().upper().removesuffix("B").removesuffix("I")
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if s and s[-1] in units:
-        return int(_finite(float(s[:-1])) * units[s[-1]])
-    return int(s)
+        size = text
+    else:
+        s = str(text).strip().upper().removesuffix("B").removesuffix("I")
+        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+        size = int(_finite(float(s[:-1])) * units[s[-1]]) if s and s[-1] in units else int(s)
+    if size >= 1 << 63:  # no disk is that large, and the JSON log and /metrics hold 64-bit integers
+        raise ValueError("expected a size under 8 EiB")
+    return size
 
 
 def _address(text) -> str:

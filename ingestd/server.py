@@ -21,7 +21,7 @@ from .config import ConfigError, Settings, split_address
 from .http import CLOCK, ConnectionGate, HttpProtocol, Limits
 from .metrics import Metrics
 from .sink import Sink
-from .spool import Spool, SpoolBusy
+from .spool import Spool, SpoolError
 
 log = logging.getLogger("ingestd.server")
 
@@ -298,7 +298,7 @@ def serve(settings: Settings, beacon_sock=None, admin_sock=None) -> int:
     own = Path(settings.spool)
     try:
         server = Server(settings, beacon_sock, admin_sock, ship_directories=[own, *leftover_spools(own, keep=0)])
-    except SpoolBusy as exc:
+    except SpoolError as exc:  # busy, or not writable: one line, not a traceback
         log.error("%s", exc)
         return 1
     return run_until_stopped(server, server.run())

@@ -27,7 +27,11 @@ LOCK_FILE = ".lock"
 WRITE_ERROR_LOG_SECONDS = 10.0  # a full disk fails every commit: log the first, then once per this
 
 
-class SpoolBusy(RuntimeError):
+class SpoolError(RuntimeError):
+    """The spool directory cannot be used: the message is one line saying why."""
+
+
+class SpoolBusy(SpoolError):
     """Another process (a server or a replay) owns this spool directory."""
 
 
@@ -36,8 +40,11 @@ def acquire_lock(directory: Path) -> int:
 
     Two processes on one spool would seal each other's open segments and ship them twice.
     """
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except OSError as exc:  # read-only (ProtectSystem=strict outside ReadWritePaths), no permission, …
+        raise SpoolError(f"spool directory {directory} cannot be used: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -274,10 +274,21 @@ class Supervisor:
         self.stopping = True
 
     def stop(self) -> int:
-        """Stop the spooling workers first, then the owner, which ships what they sealed."""
+        """Stop the workers: with the embedded engine the spooling ones first, then the owner, which
+        ships what they sealed; with a ClickHouse server all at once (each ships its own spool)."""
         sdnotify.notify("STOPPING=1")
         log.info("stopping %d workers", self.n)
-        clean = self._stop(self.workers[1:]) & self._stop(self.workers[:1])
+        # Our copies of the listening sockets would keep each in the port's SO_REUSEPORT group after its
+        # worker closed its own: the kernel would go on completing handshakes nobody reads, reset only
+        # when we exit. Closed, a socket ends with its worker's copy, and clients are refused at once.
+        for sock in self.sockets:
+            sock.close()
+        if self.admin is not None:
+            self.admin.close()
+        if self.settings.clickhouse.startswith("chdb://"):
+            clean = self._stop(self.workers[1:]) & self._stop(self.workers[:1])
+        else:
+            clean = self._stop(self.workers)
         return 0 if clean and not self.failed else 1
 
     def _stop(self, workers: list[Worker]) -> bool:

@@ -213,3 +213,39 @@ def readyz(server: Ingestd) -> str:
             return response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.read().decode()
+
+
+
+def test_a_stopping_supervisor_refuses_new_connections_instead_of_leaving_them_hanging(tmp_path):
+    """Our copy of a worker's listening socket kept it in the SO_REUSEPORT group after the worker closed
+    its own: the kernel completed handshakes that nobody read until the supervisor exited. And with a
+    ClickHouse server the workers drained one after another, the owner serving meanwhile."""
+    import socket
+
+    blackhole = socket.socket()  # a ClickHouse that never answers: each drain lasts --drain-timeout
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)
+    dsn = f"http://u:pw@127.0.0.1:{blackhole.getsockname()[1]}/"
+    server = Ingestd(tmp_path, "--workers", "2", "--drain-timeout", "3", "--ready-timeout", "1", clickhouse=dsn)
+    try:
+        server.start(wait_clickhouse=False)
+        wait_for(lambda: len(serving_workers(server)) == 2, 30, "2 workers")
+        stopped_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        hanging = 0
+        for _ in range(12):
+            try:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=0.3) as sock:
+                    sock.sendall(b"GET /collect HTTP/1.1\r\nHost: x\r\n\r\n")
+                    sock.recv(1)  # an answer or the close: not hanging
+            except (ConnectionRefusedError, ConnectionResetError):
+                pass
+            except (TimeoutError, socket.timeout):
+                hanging += 1
+        assert hanging == 0
+        assert server.proc.wait(timeout=30) == 0
+        assert time.monotonic() - stopped_at < 3 + 3  # the two drains ran side by side, not one after another
+    finally:
+        server.stop()
+        blackhole.close()

@@ -61,6 +61,7 @@ def test_settings_are_frozen():
     ({}, {}, "workers = \n", "is not valid TOML"),
     ({"admin": "0.0.0.0:9100"}, {}, None, "admin-token: required when the admin listener is not on loopback"),
     ({"segment_max_bytes": "3G"}, {}, None, "segment-max-bytes: must not exceed spool-max-bytes"),
+    ({"spool_max_bytes": "100000000T"}, {}, None, "--spool-max-bytes '100000000T': expected a size under 8 EiB"),
     ({"segment_max_bytes": "1G", "spool_max_bytes": "2G", "workers": "4"}, {}, None,
      "segment-max-bytes: must not exceed spool-max-bytes / workers (4)"),
     ({"clickhouse": "mysql://x"}, {}, None, "clickhouse: expected chdb://PATH or http(s)://"),
@@ -157,3 +158,14 @@ def test_a_busy_port_is_one_line_not_a_traceback():
 def test_an_environment_variable_matching_no_setting_is_named():
     environ = {"INGESTD_WORKER": "4", "INGESTD_WORKERS": "2", "INGESTD_SCHEMA_DIR": "/x", "OTHER": "1"}
     assert config.unknown_environment(environ) == ["INGESTD_WORKER"]
+
+
+@pytest.mark.parametrize("dsn, shown", [
+    ("http://ingest:Xy@9kLmQ2zz@ch1:8123/", "http://ingest:***@ch1:8123/"),  # a password holding '@'
+    ("https://u:p@h:8443/db?x=a@b", "https://u:***@h:8443/db?x=a@b"),
+    ("http://h:8123/", "http://h:8123/"), ("http://u@h/", "http://u@h/"), ("chdb:///var/lib/x", "chdb:///var/lib/x"),
+])
+def test_dsn_password_is_redacted_up_to_the_host(dsn, shown):
+    from ingestd.clickhouse import redact
+
+    assert redact(dsn) == shown
