@@ -104,6 +104,7 @@ def lower_loop_priority(nice: int) -> None:
     except (OSError, AttributeError) as exc:
         log.warning("cannot lower the event loop's priority (--loop-nice %d): %s", nice, exc)
 
+
 def spool_share(settings: Settings) -> int:
     """This process's part of --spool-max-bytes: under --workers N each of the N spools holds at most
     1/N of it, so the box as a whole never holds more than the cap (and no worker waits on another)."""
