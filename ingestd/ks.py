@@ -62,7 +62,12 @@ MIN_SECRET_BYTES = 16  # shorter ks values are not searched for elsewhere (they 
 _JSON_KS = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*(?:"(?:[^"\\]|\\.)*"?|[^,}\]\s]*)')
 _JSON_KS_VALUE = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*"((?:[^"\\]|\\.)*)')  # a string value's content
 # a multipart/form-data part named ks: its headers, a blank line, then the value up to the line's end
-_MULTIPART_KS = re.compile(rb'name\s*=\s*(?:"ks"|ks\b)[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)', re.IGNORECASE)
+# Each quantifier before the value is bounded: unbounded ones retried the rest of the text from every
+# 'name=ks' (b"name=ks\n" * 8192, a rejected 64 KiB body, took 5 s); a part whose headers do not fit is
+# not read here, and then its name, left unmasked, masks the whole body (names_ks_unmasked)
+_MULTIPART_KS = re.compile(
+    rb'name\s{0,8}=\s{0,8}(?:"ks"|ks\b)[^\r\n]{0,200}\r?\n(?:[^\r\n]{1,200}\r?\n){0,4}\r?\n([^\r\n]*)',
+    re.IGNORECASE)
 # `ks` as a name in any syntax (a token, also escaped); each one left must be followed closely by the mask
 # (searched for in the lower-cased text, its left edge checked by hand: a lookbehind tried at every position
 # is ~3x slower)
