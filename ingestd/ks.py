@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from urllib.parse import quote_from_bytes
@@ -149,7 +150,7 @@ def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
 def _mask_echoes(out: bytes, values: list[bytes]) -> bytes:
     """`out` with the ks values masked wherever else they appear."""
     # Echoes are rare: look for one only when a ks prefix recurs (or is escaped, so it cannot be probed).
-    for value in values[:ECHO_VALUES]:  # (a repeated value is searched for again: cheap, and rare)
+    for value in list(dict.fromkeys(values))[:ECHO_VALUES]:  # the first few distinct values, as secret_forms()
         probe = value[:MIN_SECRET_BYTES]
         if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe or b"/" in probe):
             return mask_values(out, values)
@@ -191,6 +192,10 @@ def secret_forms(values: list[bytes], plain: list[bytes] = ()) -> list[bytes]:
         value = value.strip()
         if len(value) >= MIN_SECRET_BYTES:
             forms.update(_spellings(value))
+            if b" " in value:  # a JSON value whose '+' arrived as ' ' (sent unescaped in a form, decoded)
+                forms.update(_spellings(value.replace(b" ", b"+")))
+    # '/' written as '\/' inside JSON text (PHP's json_encode does so by default): a body that fails to parse
+    forms.update([form.replace(b"/", b"\\/") for form in forms if b"/" in form])
     return sorted((form for form in forms if len(form) >= MIN_SECRET_BYTES), key=len, reverse=True)
 
 
@@ -199,11 +204,37 @@ def mask_values(text: bytes, values: list[bytes], plain: list[bytes] = ()) -> by
     return mask_forms(text, secret_forms(values, plain))
 
 
+# a percent-escape with a lower-case hex digit: secret_forms() writes upper case (as quote() and
+# encodeURIComponent do), .NET's UrlEncode and others lower case
+_LOWER_ESCAPE = re.compile(rb"%(?:25)?(?:[0-9A-Fa-f][a-f]|[a-f][0-9A-F])")  # ("%252f" too)
+_LOWER_ESCAPE_TEXT = re.compile(_LOWER_ESCAPE.pattern.decode())
+_HEX_LETTERS = frozenset(b"abcdefABCDEF")
+
+
+@functools.lru_cache(maxsize=512)
+def _any_case(form):
+    """A pattern matching `form` (bytes or str) with the hex digits of its percent-escapes in either case."""
+    raw = form.encode("latin-1") if type(form) is str else form
+    pieces = raw.split(b"%")
+    out = [re.escape(pieces[0])]
+    for piece in pieces[1:]:
+        digits = 4 if piece[:2] == b"25" else 2  # '%252F': an escape escaped again holds the inner one's digits
+        escape = b"".join(b"[%c%c]" % (c | 32, c & ~32) if c in _HEX_LETTERS else re.escape(bytes([c]))
+                          for c in piece[:digits])
+        out.append(b"%" + escape + re.escape(piece[digits:]))
+    pattern = b"".join(out)
+    return re.compile(pattern.decode("latin-1") if type(form) is str else pattern)
+
+
 def mask_forms(text: bytes, forms: list[bytes]) -> bytes:
-    """`text` with each of secret_forms() replaced by the mask."""
+    """`text` with each of secret_forms() replaced by the mask, its escapes' hex digits in any case."""
     for form in forms:
         if form in text:
             text = text.replace(form, MASK)
+    if b"%" in text and _LOWER_ESCAPE.search(text) is not None:  # (only then can a spelling differ by case)
+        for form in forms:
+            if b"%" in form:
+                text = _any_case(form).sub(MASK, text)
     return text
 
 
@@ -228,6 +259,10 @@ def mask_tree(value, forms: list[str]):
         for form in forms:
             if form in value:
                 value = value.replace(form, _MASK_TEXT)
+        if "%" in value and _LOWER_ESCAPE_TEXT.search(value) is not None:  # escapes in lower case (mask_forms)
+            for form in forms:
+                if "%" in form:
+                    value = _any_case(form).sub(_MASK_TEXT, value)
         return value
     if kind is dict:
         return {mask_tree(k, forms): mask_tree(v, forms) for k, v in value.items()}
