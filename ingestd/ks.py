@@ -208,22 +208,21 @@ def mask_values(text: bytes, values: list[bytes], plain: list[bytes] = ()) -> by
 # encodeURIComponent do), .NET's UrlEncode and others lower case
 _LOWER_ESCAPE = re.compile(rb"%(?:25)?(?:[0-9A-Fa-f][a-f]|[a-f][0-9A-F])")  # ("%252f" too)
 _LOWER_ESCAPE_TEXT = re.compile(_LOWER_ESCAPE.pattern.decode())
-_HEX_LETTERS = frozenset(b"abcdefABCDEF")
 
 
 @functools.lru_cache(maxsize=512)
 def _any_case(form):
     """A pattern matching `form` (bytes or str) with the hex digits of its percent-escapes in either case."""
-    raw = form.encode("latin-1") if type(form) is str else form
-    pieces = raw.split(b"%")
+    text = type(form) is str
+    percent = "%" if text else b"%"
+    pieces = form.split(percent)
     out = [re.escape(pieces[0])]
     for piece in pieces[1:]:
-        digits = 4 if piece[:2] == b"25" else 2  # '%252F': an escape escaped again holds the inner one's digits
-        escape = b"".join(b"[%c%c]" % (c | 32, c & ~32) if c in _HEX_LETTERS else re.escape(bytes([c]))
-                          for c in piece[:digits])
-        out.append(b"%" + escape + re.escape(piece[digits:]))
-    pattern = b"".join(out)
-    return re.compile(pattern.decode("latin-1") if type(form) is str else pattern)
+        digits = 4 if piece[:2] in ("25", b"25") else 2  # '%252F': an escape escaped again holds the inner one's
+        hexes = piece[:digits] if text else piece[:digits].decode("latin-1")
+        escape = "".join(f"[{c.lower()}{c.upper()}]" if c in "abcdefABCDEF" else re.escape(c) for c in hexes)
+        out.append(percent + (escape if text else escape.encode("latin-1")) + re.escape(piece[digits:]))
+    return re.compile(percent[:0].join(out))
 
 
 def mask_forms(text: bytes, forms: list[bytes]) -> bytes:
@@ -231,7 +230,7 @@ def mask_forms(text: bytes, forms: list[bytes]) -> bytes:
     for form in forms:
         if form in text:
             text = text.replace(form, MASK)
-    if b"%" in text and _LOWER_ESCAPE.search(text) is not None:  # (only then can a spelling differ by case)
+    if forms and b"%" in text and _LOWER_ESCAPE.search(text) is not None:  # (only then can one differ by case)
         for form in forms:
             if b"%" in form:
                 text = _any_case(form).sub(MASK, text)

@@ -441,6 +441,10 @@ def test_an_echo_with_lower_case_escapes_is_masked():
     # (the padding is left, as with upper-case escapes: it is not secret)
     assert ks.mask_tree({"r": "?ks=" + _lower_escapes(once).decode()}, forms) == {"r": "?ks=<redacted>%3d%3d"}
     assert ks.redact(b'{"r":"' + _lower_escapes(once) + b'"}', [], [KS2]) == b'{"r":"<redacted>%3d%3d"}'
+    # a ks that is not Base64 (not Latin-1 either) is quoted byte by byte: its lower-case spelling too
+    odd = "n\u00e9\u4e2d-session-0123456789"
+    lowered = _lower_escapes(urllib.parse.quote(odd, safe="").encode()).decode()
+    assert ks.mask_tree({"r": lowered}, ks.text_forms([], [odd.encode()])) == {"r": "<redacted>"}
 
 
 def test_a_json_ks_whose_plus_arrived_as_a_space_masks_its_echo_with_the_plus():
@@ -462,3 +466,4 @@ def test_echoes_of_the_first_distinct_values_are_probed_not_of_the_first_copies(
     query = b"eventType=3" + b"&ks=" + b"QUFBQUFBQUFBQUFBQUFBQUFB" * 1 + b"&ks=QUFBQUFBQUFBQUFBQUFBQUFB" * 8 \
         + b"&ks=" + other + b"&referrer=" + urllib.parse.quote_from_bytes(b"http://x/?ks=" + other, safe=b"").encode()
     assert other not in ks.strip_from_query(query)
+
