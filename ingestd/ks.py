@@ -270,6 +270,31 @@ def mask_tree(value, forms: list[str]):
     return value
 
 
+def mask_ks_keys(value, found: list[bytes]):
+    """A parsed JSON value with the value of every "ks" key in it masked, at any depth, also inside JSON
+    text (the general path stores a nested object as its text); string values are added to `found`."""
+    kind = type(value)
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if key == "ks":
+                if type(item) is str:
+                    found.append(item.encode("utf-8", "surrogatepass"))
+                item = _MASK_TEXT
+            else:
+                item = mask_ks_keys(item, found)
+            out[key] = item
+        return out
+    if kind is list:
+        return [mask_ks_keys(item, found) for item in value]
+    if kind is str and '"' in value:
+        raw = value.encode("utf-8", "surrogatepass")
+        if _JSON_KS.search(raw) is not None:
+            found += [p for p in (_json_text(m.group(1)) for m in _JSON_KS_VALUE.finditer(raw)) if p]
+            return _JSON_KS.sub(b'"ks":"' + MASK + b'"', raw).decode("utf-8", "surrogatepass")
+    return value
+
+
 def text_forms(values: list[bytes], plain: list[bytes] = ()) -> list[str]:
     """secret_forms() as text, to mask parsed JSON with mask_tree()."""
     return [form.decode("utf-8", "replace") for form in secret_forms(values, plain)]

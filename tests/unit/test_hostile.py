@@ -467,3 +467,57 @@ def test_echoes_of_the_first_distinct_values_are_probed_not_of_the_first_copies(
         + b"&ks=" + other + b"&referrer=" + urllib.parse.quote_from_bytes(b"http://x/?ks=" + other, safe=b"").encode()
     assert other not in ks.strip_from_query(query)
 
+
+def _app():
+    from ingestd.beacon import BeaconApp
+    from ingestd.metrics import Metrics
+
+    class Spool:
+        over_cap = over_soft_cap = False
+
+        def __init__(self):
+            self.pending = []
+
+        def append(self, row):
+            self.pending.append(row)
+
+    class Loop:
+        def call_soon(self, callback):
+            pass
+
+    return BeaconApp(Spool(), Metrics(), Loop())
+
+
+def _send(app, method, query, body=b""):
+    from ingestd.http import Request
+    app.handle(Request(method, b"/collect", query, {b"content-type": b"application/json"}, body,
+                       "127.0.0.1", 1.0, True))
+    return app.spool.pending[-1]
+
+
+OTHER = b"djJ8NTg1MjMxfFNFQ1JFVFNFQ1JFVFNFQ1JFVA"  # a second ks (v2)
+
+
+def test_a_json_beacon_masks_the_echoes_of_every_ks_in_its_query_and_body():
+    play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
+    echo = {"referrer": "http://x/?ks=" + OTHER.decode()}
+    app = _app()
+    for query, obj in [(b"ks=" + KS2, {**play, "ks": OTHER.decode(), **echo}),  # one in the query, one in the body
+                       (b"ks=" + KS2 + b"&ks=" + OTHER, {**play, **echo})]:  # two in the query
+        row = _send(app, b"POST", query, orjson.dumps(obj))
+        assert OTHER not in row and not _spellings_leaked(row) and ks.MASK in row, row
+    assert len(app.spool.pending) == 2 and all(r.startswith(b'["e"') for r in app.spool.pending)
+
+
+def test_a_ks_nested_in_an_accepted_json_body_is_masked_fast_and_general_path():
+    app = _app()
+    play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
+    for obj in [{**play, "context": {"ks": KS2.decode()}, "r": "?ks=" + KS2.decode()},  # fast path
+                {**play, "eventType": "3", "context": {"ks": KS2.decode()}},  # general: stored as JSON text
+                {**play, "list": [{"\u006bs": KS2.decode()}]}]:
+        row = _send(app, b"POST", b"", orjson.dumps(obj))
+        assert row.startswith(b'["e"') and not _spellings_leaked(row) and ks.MASK in row, row
+    # a body naming no nested ks is stored as it was sent
+    row = _send(app, b"POST", b"", orjson.dumps({**play, "context": {"tracks": "ks"}}))
+    assert b'{"tracks":"ks"}' in row and ks.MASK not in row
+
