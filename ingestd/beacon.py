@@ -318,10 +318,10 @@ class BeaconApp:
             raw_body = ks_codec.redact(raw_body, forms=forms) if named else ks_codec.mask_forms(raw_body, forms)
             if body_values or plain:  # a ks from the body echoed in the query string
                 query = ks_codec.mask_forms(query, forms)
-            # a text body is in the query string too: a ks it names in a syntax not parsed here masks it
-            # all (a query string alone is all form syntax, parsed)
-            if not json_body and ks_codec.names_ks_unmasked(query):
-                query = ks_codec.MASK
+        # a ks named in a syntax not parsed here (a value holding '<ks>…</ks>', a text body's 'ks: …') masks
+        # the query string as a whole, a GET's too (a JSON body's query string was masked with its forms)
+        if not json_body and ks_codec.names_ks_unmasked(query):
+            query = ks_codec.MASK
         # a JSON body's partner and type, as text, so that the rejection is filed under them (the view
         # reads them from the query string, or from this map when the query string lacks them)
         filed = {name: str(value)[:40] for name in ("partnerId", "eventType")

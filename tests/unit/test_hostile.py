@@ -521,3 +521,10 @@ def test_a_ks_nested_in_an_accepted_json_body_is_masked_fast_and_general_path():
     row = _send(app, b"POST", b"", orjson.dumps({**play, "context": {"tracks": "ks"}}))
     assert b'{"tracks":"ks"}' in row and ks.MASK not in row
 
+
+def test_a_rejected_get_query_naming_a_ks_in_a_syntax_not_parsed_is_masked_as_a_whole():
+    app = _app()
+    row = orjson.loads(_send(app, b"GET", b"eventType=zz&data=<ks>" + KS2 + b"</ks>"))
+    assert row[0] == "r" and row[4] == "<redacted>"
+    row = orjson.loads(_send(app, b"GET", b"eventType=zz&tracks=1&ks_version=2"))  # names no ks: kept
+    assert row[4] == "eventType=zz&tracks=1&ks_version=2"
