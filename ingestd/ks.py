@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from urllib.parse import quote_from_bytes
@@ -62,7 +63,12 @@ MIN_SECRET_BYTES = 16  # shorter ks values are not searched for elsewhere (they 
 _JSON_KS = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*(?:"(?:[^"\\]|\\.)*"?|[^,}\]\s]*)')
 _JSON_KS_VALUE = re.compile(rb'"(?:k|\\u006[bB])(?:s|\\u0073)"\s*:\s*"((?:[^"\\]|\\.)*)')  # a string value's content
 # a multipart/form-data part named ks: its headers, a blank line, then the value up to the line's end
-_MULTIPART_KS = re.compile(rb'name\s*=\s*(?:"ks"|ks\b)[^\r\n]*\r?\n(?:[^\r\n]+\r?\n)*\r?\n([^\r\n]*)', re.IGNORECASE)
+# Each quantifier before the value is bounded: unbounded ones retried the rest of the text from every
+# 'name=ks' (b"name=ks\n" * 8192, a rejected 64 KiB body, took 5 s); a part whose headers do not fit is
+# not read here, and then its name, left unmasked, masks the whole body (names_ks_unmasked)
+_MULTIPART_KS = re.compile(
+    rb'name\s{0,8}=\s{0,8}(?:"ks"|ks\b)[^\r\n]{0,200}\r?\n(?:[^\r\n]{1,200}\r?\n){0,4}\r?\n([^\r\n]*)',
+    re.IGNORECASE)
 # `ks` as a name in any syntax (a token, also escaped); each one left must be followed closely by the mask
 # (searched for in the lower-cased text, its left edge checked by hand: a lookbehind tried at every position
 # is ~3x slower)
@@ -144,7 +150,7 @@ def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
 def _mask_echoes(out: bytes, values: list[bytes]) -> bytes:
     """`out` with the ks values masked wherever else they appear."""
     # Echoes are rare: look for one only when a ks prefix recurs (or is escaped, so it cannot be probed).
-    for value in values[:ECHO_VALUES]:  # (a repeated value is searched for again: cheap, and rare)
+    for value in list(dict.fromkeys(values))[:ECHO_VALUES]:  # the first few distinct values, as secret_forms()
         probe = value[:MIN_SECRET_BYTES]
         if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe or b"/" in probe):
             return mask_values(out, values)
@@ -186,6 +192,10 @@ def secret_forms(values: list[bytes], plain: list[bytes] = ()) -> list[bytes]:
         value = value.strip()
         if len(value) >= MIN_SECRET_BYTES:
             forms.update(_spellings(value))
+            if b" " in value:  # a JSON value whose '+' arrived as ' ' (sent unescaped in a form, decoded)
+                forms.update(_spellings(value.replace(b" ", b"+")))
+    # '/' written as '\/' inside JSON text (PHP's json_encode does so by default): a body that fails to parse
+    forms.update([form.replace(b"/", b"\\/") for form in forms if b"/" in form])
     return sorted((form for form in forms if len(form) >= MIN_SECRET_BYTES), key=len, reverse=True)
 
 
@@ -194,11 +204,36 @@ def mask_values(text: bytes, values: list[bytes], plain: list[bytes] = ()) -> by
     return mask_forms(text, secret_forms(values, plain))
 
 
+# a percent-escape with a lower-case hex digit: secret_forms() writes upper case (as quote() and
+# encodeURIComponent do), .NET's UrlEncode and others lower case
+_LOWER_ESCAPE = re.compile(rb"%(?:25)?(?:[0-9A-Fa-f][a-f]|[a-f][0-9A-F])")  # ("%252f" too)
+_LOWER_ESCAPE_TEXT = re.compile(_LOWER_ESCAPE.pattern.decode())
+
+
+@functools.lru_cache(maxsize=512)
+def _any_case(form):
+    """A pattern matching `form` (bytes or str) with the hex digits of its percent-escapes in either case."""
+    text = type(form) is str
+    percent = "%" if text else b"%"
+    pieces = form.split(percent)
+    out = [re.escape(pieces[0])]
+    for piece in pieces[1:]:
+        digits = 4 if piece[:2] in ("25", b"25") else 2  # '%252F': an escape escaped again holds the inner one's
+        hexes = piece[:digits] if text else piece[:digits].decode("latin-1")
+        escape = "".join(f"[{c.lower()}{c.upper()}]" if c in "abcdefABCDEF" else re.escape(c) for c in hexes)
+        out.append(percent + (escape if text else escape.encode("latin-1")) + re.escape(piece[digits:]))
+    return re.compile(percent[:0].join(out))
+
+
 def mask_forms(text: bytes, forms: list[bytes]) -> bytes:
-    """`text` with each of secret_forms() replaced by the mask."""
+    """`text` with each of secret_forms() replaced by the mask, its escapes' hex digits in any case."""
     for form in forms:
         if form in text:
             text = text.replace(form, MASK)
+    if forms and b"%" in text and _LOWER_ESCAPE.search(text) is not None:  # (only then can one differ by case)
+        for form in forms:
+            if b"%" in form:
+                text = _any_case(form).sub(MASK, text)
     return text
 
 
@@ -223,11 +258,40 @@ def mask_tree(value, forms: list[str]):
         for form in forms:
             if form in value:
                 value = value.replace(form, _MASK_TEXT)
+        if "%" in value and _LOWER_ESCAPE_TEXT.search(value) is not None:  # escapes in lower case (mask_forms)
+            for form in forms:
+                if "%" in form:
+                    value = _any_case(form).sub(_MASK_TEXT, value)
         return value
     if kind is dict:
         return {mask_tree(k, forms): mask_tree(v, forms) for k, v in value.items()}
     if kind is list:
         return [mask_tree(v, forms) for v in value]
+    return value
+
+
+def mask_ks_keys(value, found: list[bytes]):
+    """A parsed JSON value with the value of every "ks" key in it masked, at any depth, also inside JSON
+    text (the general path stores a nested object as its text); string values are added to `found`."""
+    kind = type(value)
+    if kind is dict:
+        out = {}
+        for key, item in value.items():
+            if key == "ks":
+                if type(item) is str:
+                    found.append(item.encode("utf-8", "surrogatepass"))
+                item = _MASK_TEXT
+            else:
+                item = mask_ks_keys(item, found)
+            out[key] = item
+        return out
+    if kind is list:
+        return [mask_ks_keys(item, found) for item in value]
+    if kind is str and '"' in value:
+        raw = value.encode("utf-8", "surrogatepass")
+        if _JSON_KS.search(raw) is not None:
+            found += [p for p in (_json_text(m.group(1)) for m in _JSON_KS_VALUE.finditer(raw)) if p]
+            return _JSON_KS.sub(b'"ks":"' + MASK + b'"', raw).decode("utf-8", "surrogatepass")
     return value
 
 

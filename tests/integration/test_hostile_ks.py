@@ -104,3 +104,19 @@ def test_no_raw_ks_in_any_table_or_spool_file(make_ingestd):
 
 def _sql(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def test_redacting_a_hostile_64_kib_body_takes_linear_time():
+    """A rejected body is redacted on the event loop: no 64 KiB body may cost more than a few milliseconds
+    (the multipart pattern once retried the rest of the body from every 'name=ks': 5 s)."""
+    import time
+
+    from ingestd import ks
+
+    for unit in (b"name=ks\n", b"name=ks ", b'name="ks"\r\n', b"name=ks\r\nx\r\n", b'"ks":"', b'"ks": ', b"&ks",
+                 b"ks&", b"%6bs=", b'"\\u006bs":"x'):
+        body = (unit * (65536 // len(unit) + 1))[:65536]
+        started = time.perf_counter()
+        ks.redact(body)
+        ks.body_secrets(body)
+        assert time.perf_counter() - started < 0.5, unit

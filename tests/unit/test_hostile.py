@@ -420,3 +420,111 @@ def test_a_ks_named_in_no_syntax_parsed_is_flagged_also_inside_an_encoded_url():
     assert ks.names_ks_unmasked(b"r=https%3A%2F%2Fs%2F%3Fks%3Dabc")  # an echo of a value not known
     assert not ks.names_ks_unmasked(b"r=https%3A%2F%2Fs%2F%3Fks%3D<redacted>")
     assert not ks.names_ks_unmasked(b"tracks=1&thanks=2&ks_version=3&looks=ks_x")
+
+
+# -- spellings the first masking missed (review 2) --------------------------------------------------------
+def _lower_escapes(text: bytes) -> bytes:
+    import re
+    return re.sub(rb"%[0-9A-F]{2}", lambda m: m.group().lower(), text)
+
+
+def test_an_echo_with_lower_case_escapes_is_masked():
+    once = urllib.parse.quote_from_bytes(KS2, safe=b"").encode()  # upper case, as the ks parameter is sent
+    echo = urllib.parse.quote_from_bytes(b"http://x/p?ks=" + _lower_escapes(once), safe=b"").encode()  # %252b
+    assert b"%252b" in echo or b"%252f" in echo
+    query = b"eventType=3&partnerId=5&entryId=e&ks=" + once + b"&referrer=" + echo
+    for out in (ks.strip_from_query(query), ks.strip_from_query(query, ks.MASK)):
+        assert not _spellings_leaked(out) and not _spellings_leaked(urllib.parse.unquote_to_bytes(out)), out
+        assert not _spellings_leaked(urllib.parse.unquote_to_bytes(urllib.parse.unquote_to_bytes(out).upper()))
+    # once encoded, lower case, in a JSON value (mask_tree) and in a rejected body (mask_forms)
+    forms = ks.text_forms([], [KS2])
+    # (the padding is left, as with upper-case escapes: it is not secret)
+    assert ks.mask_tree({"r": "?ks=" + _lower_escapes(once).decode()}, forms) == {"r": "?ks=<redacted>%3d%3d"}
+    assert ks.redact(b'{"r":"' + _lower_escapes(once) + b'"}', [], [KS2]) == b'{"r":"<redacted>%3d%3d"}'
+    # a ks that is not Base64 (not Latin-1 either) is quoted byte by byte: its lower-case spelling too
+    odd = "n\u00e9\u4e2d-session-0123456789"
+    lowered = _lower_escapes(urllib.parse.quote(odd, safe="").encode()).decode()
+    assert ks.mask_tree({"r": lowered}, ks.text_forms([], [odd.encode()])) == {"r": "<redacted>"}
+
+
+def test_a_json_ks_whose_plus_arrived_as_a_space_masks_its_echo_with_the_plus():
+    assert b"+" in KS2
+    spaced = KS2.replace(b"+", b" ")
+    assert ks.mask_values(b"r=https://s/?ks=" + KS2, [], [spaced]) == b"r=https://s/?ks=" + ks.MASK
+    assert ks.mask_tree({"r": "?ks=" + KS2.decode()}, ks.text_forms([], [spaced])) == {"r": "?ks=<redacted>"}
+
+
+def test_an_echo_with_json_escaped_slashes_is_masked_in_a_body_that_fails_to_parse():
+    escaped = KS2.replace(b"/", b"\\/")
+    body = b'{"eventType":2,"ks":"' + escaped + b'","token":"' + escaped + b'",'
+    out = ks.redact(body)
+    assert escaped.rstrip(b"=") not in out and not _spellings_leaked(out.replace(b"\\/", b"/")), out
+
+
+def test_echoes_of_the_first_distinct_values_are_probed_not_of_the_first_copies():
+    other = b"djJ8NTg1MjMxfFNFQ1JFVFNFQ1JFVFNFQ1JFVA"
+    query = b"eventType=3" + b"&ks=" + b"QUFBQUFBQUFBQUFBQUFBQUFB" * 1 + b"&ks=QUFBQUFBQUFBQUFBQUFBQUFB" * 8 \
+        + b"&ks=" + other + b"&referrer=" + urllib.parse.quote_from_bytes(b"http://x/?ks=" + other, safe=b"").encode()
+    assert other not in ks.strip_from_query(query)
+
+
+def _app():
+    from ingestd.beacon import BeaconApp
+    from ingestd.metrics import Metrics
+
+    class Spool:
+        over_cap = over_soft_cap = False
+
+        def __init__(self):
+            self.pending = []
+
+        def append(self, row):
+            self.pending.append(row)
+
+    class Loop:
+        def call_soon(self, callback):
+            pass
+
+    return BeaconApp(Spool(), Metrics(), Loop())
+
+
+def _send(app, method, query, body=b""):
+    from ingestd.http import Request
+    app.handle(Request(method, b"/collect", query, {b"content-type": b"application/json"}, body,
+                       "127.0.0.1", 1.0, True))
+    return app.spool.pending[-1]
+
+
+OTHER = b"djJ8NTg1MjMxfFNFQ1JFVFNFQ1JFVFNFQ1JFVA"  # a second ks (v2)
+
+
+def test_a_json_beacon_masks_the_echoes_of_every_ks_in_its_query_and_body():
+    play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
+    echo = {"referrer": "http://x/?ks=" + OTHER.decode()}
+    app = _app()
+    for query, obj in [(b"ks=" + KS2, {**play, "ks": OTHER.decode(), **echo}),  # one in the query, one in the body
+                       (b"ks=" + KS2 + b"&ks=" + OTHER, {**play, **echo})]:  # two in the query
+        row = _send(app, b"POST", query, orjson.dumps(obj))
+        assert OTHER not in row and not _spellings_leaked(row) and ks.MASK in row, row
+    assert len(app.spool.pending) == 2 and all(r.startswith(b'["e"') for r in app.spool.pending)
+
+
+def test_a_ks_nested_in_an_accepted_json_body_is_masked_fast_and_general_path():
+    app = _app()
+    play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
+    for obj in [{**play, "context": {"ks": KS2.decode()}, "r": "?ks=" + KS2.decode()},  # fast path
+                {**play, "eventType": "3", "context": {"ks": KS2.decode()}},  # general: stored as JSON text
+                {**play, "list": [{"\u006bs": KS2.decode()}]}]:
+        row = _send(app, b"POST", b"", orjson.dumps(obj))
+        assert row.startswith(b'["e"') and not _spellings_leaked(row) and ks.MASK in row, row
+    # a body naming no nested ks is stored as it was sent
+    row = _send(app, b"POST", b"", orjson.dumps({**play, "context": {"tracks": "ks"}}))
+    assert b'{"tracks":"ks"}' in row and ks.MASK not in row
+
+
+def test_a_rejected_get_query_naming_a_ks_in_a_syntax_not_parsed_is_masked_as_a_whole():
+    app = _app()
+    row = orjson.loads(_send(app, b"GET", b"eventType=zz&data=<ks>" + KS2 + b"</ks>"))
+    assert row[0] == "r" and row[4] == "<redacted>"
+    row = orjson.loads(_send(app, b"GET", b"eventType=zz&tracks=1&ks_version=2"))  # names no ks: kept
+    assert row[4] == "eventType=zz&tracks=1&ks_version=2"
