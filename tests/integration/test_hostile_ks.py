@@ -116,7 +116,9 @@ def test_redacting_a_hostile_64_kib_body_takes_linear_time():
     for unit in (b"name=ks\n", b"name=ks ", b'name="ks"\r\n', b"name=ks\r\nx\r\n", b'"ks":"', b'"ks": ', b"&ks",
                  b"ks&", b"%6bs=", b'"\\u006bs":"x'):
         body = (unit * (65536 // len(unit) + 1))[:65536]
-        started = time.perf_counter()
+        # CPU time, not wall time: other processes on a shared machine do not count. ~30 ms now; the
+        # quadratic pattern took 5 s, so the bound is far from both
+        started = time.process_time()
         ks.redact(body)
         ks.body_secrets(body)
-        assert time.perf_counter() - started < 0.5, unit
+        assert time.process_time() - started < 1.0, unit
