@@ -226,7 +226,7 @@ def test_a_stopping_supervisor_refuses_new_connections_instead_of_leaving_them_h
     blackhole.bind(("127.0.0.1", 0))
     blackhole.listen(64)
     dsn = f"http://u:pw@127.0.0.1:{blackhole.getsockname()[1]}/"
-    server = Ingestd(tmp_path, "--workers", "2", "--drain-timeout", "3", "--ready-timeout", "1", clickhouse=dsn)
+    server = Ingestd(tmp_path, "--workers", "2", "--drain-timeout", "5", "--ready-timeout", "1", clickhouse=dsn)
     try:
         server.start(wait_clickhouse=False)
         wait_for(lambda: len(serving_workers(server)) == 2, 30, "2 workers")
@@ -245,7 +245,7 @@ def test_a_stopping_supervisor_refuses_new_connections_instead_of_leaving_them_h
                 hanging += 1
         assert hanging == 0
         assert server.proc.wait(timeout=30) == 0
-        assert time.monotonic() - stopped_at < 3 + 3  # the two drains ran side by side, not one after another
+        assert time.monotonic() - stopped_at < 9  # the two 5 s drains ran side by side, not one after another
     finally:
         server.stop()
         blackhole.close()
