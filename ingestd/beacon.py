@@ -7,6 +7,7 @@ only then are the replies of those requests resolved (200 if written, 503 if not
 from __future__ import annotations
 
 import logging
+import re
 
 import orjson
 
@@ -48,6 +49,7 @@ _JSON = b"application/json"
 _NO_BODY: dict = {}  # shared by every row without a JSON body: never mutated
 _NO_KS: dict = {}
 _SAME_IP: dict = {}  # no ClientIP: nothing known, every address is stored as it is
+_NUMBER_TEXT = re.compile(r" *[-+]?[0-9]{1,20} *")  # a partnerId or eventType sent as a string
 # Bodies read as a query string; no Content-Type at all is read the same way.
 _TEXT_TYPES = frozenset({b"", b"text/plain", b"application/x-www-form-urlencoded"})
 
@@ -320,12 +322,15 @@ class BeaconApp:
                 query = ks_codec.mask_forms(query, forms)
         # a ks named in a syntax not parsed here (a value holding '<ks>…</ks>', a text body's 'ks: …') masks
         # the query string as a whole, a GET's too (a JSON body's query string was masked with its forms)
-        if not json_body and ks_codec.names_ks_unmasked(query):
+        if not json_body and ks_codec.names_ks_unmasked(query, as_name=True):
             query = ks_codec.MASK
         # a JSON body's partner and type, as text, so that the rejection is filed under them (the view
         # reads them from the query string, or from this map when the query string lacks them)
-        filed = {name: str(value)[:40] for name in ("partnerId", "eventType")
-                 if type(value := json_body.get(name)) is int or type(value) is str} if json_body else {}
+        # reads them from the query string, or from this map when the query string lacks them). Only
+        # numbers are kept: any other text could hold a ks, and is in the masked raw body anyway
+        filed = {name: str(value) for name in ("partnerId", "eventType")
+                 if type(value := json_body.get(name)) is int
+                 or (type(value) is str and _NUMBER_TEXT.fullmatch(value))} if json_body else {}
         self.spool.append(orjson.dumps((
             "r", int(request.received_at * 1000), self.client_ip(request),
             request.headers.get(b"user-agent", b"").decode("utf-8", "replace"),

@@ -75,6 +75,8 @@ _MULTIPART_KS = re.compile(
 _KS_NAME = re.compile(rb'(?:k|%6b|\\u006b)(?:s|%73|\\u0073)(?![a-z0-9_])')
 _WORD = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789_")
 _MASK_WITHIN = 200  # bytes between a name and its masked value: a multipart part's headers fit
+# what may follow a name before its value, as sent or percent-encoded: quotes, spaces, then = : or >
+_ENDS_NAME = re.compile(rb'(?:[\s"\'+\\]|%2[02]|%27|%5c|\\u0022){0,4}(?:[=:>]|%3[ade]|\\u003[ade])')
 
 
 def _literal_ks_pairs(query: bytes) -> list[tuple[int, int]]:
@@ -366,8 +368,12 @@ def redact(data: bytes, values: list[bytes] = (), plain: list[bytes] = (), forms
     return MASK if names_ks_unmasked(data) else data  # nothing is kept of a syntax not parsed here
 
 
-def names_ks_unmasked(data: bytes) -> bool:
-    """Whether `data`, already masked, still names a ks (in any syntax) not followed closely by the mask."""
+def names_ks_unmasked(data: bytes, as_name: bool = False) -> bool:
+    """Whether `data`, already masked, still names a ks (in any syntax) not followed closely by the mask.
+
+    `as_name`: only a ks followed by what ends a name (`=`, `:`, `>`, after quotes or spaces, also
+    escaped): for a query string, which is form syntax throughout, so that a value that merely holds the
+    word (a referrer's `/ks/` path, `eventType=ks`) does not cost the rejected row its whole query."""
     lowered = data.lower()  # (MASK is lower case)
     if not _may_name_ks(lowered):
         return False
@@ -375,6 +381,6 @@ def names_ks_unmasked(data: bytes) -> bool:
         start, end = mention.span()
         # a name starts a token, also right after an escape (a URL encoded into a parameter: '%3fks%3d')
         edge = start == 0 or lowered[start - 1] not in _WORD or lowered[start - 3:start - 2] == b"%"
-        if edge and MASK not in lowered[end:end + _MASK_WITHIN]:
+        if edge and (not as_name or _ENDS_NAME.match(lowered, end)) and MASK not in lowered[end:end + _MASK_WITHIN]:
             return True
     return False

@@ -595,6 +595,16 @@ def test_rejected_json_beacon_is_filed_under_its_partner_and_type(server):
     assert filed == sorted([(5, 3), (7, 3), (9, 3), (None, None)], key=str)
 
 
+def test_a_rejected_get_keeps_a_query_that_only_holds_the_word_ks(server):
+    """A ks token that names nothing (a referrer's /ks/ path) leaves a rejected GET's query as sent, so the
+    row is still filed under its partner."""
+    agent = "rejected-ks-lookalike"
+    target = "/collect?partnerId=123&eventType=x&referrer=https%3A%2F%2Fshop.example%2Fks%2Fitem"
+    assert get(server, target, agent)[0] == 400
+    [row] = rows(server, "rejected_events", agent, "raw_query, partner_id")
+    assert row["raw_query"] == target.partition("?")[2] and as_int(row["partner_id"]) == 123
+
+
 def test_json_nested_too_deeply_to_write_is_400_and_kept_redacted(server):
     """orjson reads 1024 levels but writes 254: such a body is a 400 kept in rejected_events, not a 500."""
     agent = "json-too-deep"

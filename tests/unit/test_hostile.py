@@ -528,3 +528,23 @@ def test_a_rejected_get_query_naming_a_ks_in_a_syntax_not_parsed_is_masked_as_a_
     assert row[0] == "r" and row[4] == "<redacted>"
     row = orjson.loads(_send(app, b"GET", b"eventType=zz&tracks=1&ks_version=2"))  # names no ks: kept
     assert row[4] == "eventType=zz&tracks=1&ks_version=2"
+
+
+def test_a_rejected_json_beacon_files_only_a_numeric_partner_and_type():
+    """The partner and type a rejection is filed under are spooled apart from the masked body: text that
+    is not a number could hold a ks, so only numbers are kept."""
+    app = _app()
+    row = orjson.loads(_send(app, b"POST", b"ks=" + KS2, orjson.dumps({"partnerId": "ks=" + KS2.decode(),
+                                                                          "eventType": "x"})))
+    assert row[0] == "r" and row[5] == {} and KS2[:16].decode() not in str(row)
+    row = orjson.loads(_send(app, b"POST", b"", orjson.dumps({"partnerId": " -5 ", "eventType": 3, "entryId": ""})))
+    assert row[0] == "r" and row[5] == {"partnerId": " -5 ", "eventType": "3"}
+
+
+@pytest.mark.parametrize("query, names", [
+    (b"partnerId=1&referrer=https%3A%2F%2Fshop.example%2Fks%2Fitem", False), (b"eventType=ks", False),
+    (b"data=<ks>S</ks>", True), (b"data=ks:S", True), (b"data=%7B%22ks%22%3A%22S%22%7D", True),
+    (b"data=%3Cks%3ES%3C%2Fks%3E", True), (b"x=a+ks+%3D+s", True), (b"ks=<redacted>", False),
+])
+def test_a_query_names_a_ks_only_where_a_value_could_follow(query, names):
+    assert ks.names_ks_unmasked(query, as_name=True) is names
