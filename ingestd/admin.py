@@ -30,9 +30,9 @@ _WRITE_STATEMENT = re.compile(
 _OUTFILE = re.compile(r"OUTFILE", re.IGNORECASE)
 _TEXT = b"text/plain; charset=utf-8"
 _FORM = b"application/x-www-form-urlencoded"
-_OPEN_PATHS = (b"/healthz", b"/readyz")
+_OPEN_PATHS = (b"/healthz", b"/readyz")  # probes need no token: they reveal nothing
 _HEAD_NOT_ALLOWED = Response(405, headers=b"allow: GET, POST\r\n", cors=False)
-_SHUTTING_DOWN = Response(503, b"shutting down\n", close=True, cors=False)  # probes need no token: they reveal nothing
+_SHUTTING_DOWN = Response(503, b"shutting down\n", close=True, cors=False)
 _FORMAT_CLAUSE = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 
 

@@ -325,7 +325,6 @@ class BeaconApp:
         if not json_body and ks_codec.names_ks_unmasked(query, as_name=True):
             query = ks_codec.MASK
         # a JSON body's partner and type, as text, so that the rejection is filed under them (the view
-        # reads them from the query string, or from this map when the query string lacks them)
         # reads them from the query string, or from this map when the query string lacks them). Only
         # numbers are kept: any other text could hold a ks, and is in the masked raw body anyway
         filed = {name: str(value) for name in ("partnerId", "eventType")
