@@ -8,6 +8,7 @@ Runs (server pinned to SERVER_CPU, wrk to WRK_CPU, one wrk thread, the corpus of
   e2e          ingestd with the embedded ClickHouse sink running during the load; freshness by SQL
   rss          (RSS_SECONDS, default 60; 0 skips) e2e for that long: RSS in the last 10 s within 10 % of RSS at
                10-20 s (medians of the 0.5 s samples: merges make single samples swing)
+Before each run: the counted access log deleted and `sync` (see settle()).
 Prints one table and appends it, with date and git commit, to bench/RESULTS.md.
 
 Knobs (environment): DURATION (20 s), CONNECTIONS (64), WARMUP (3 s), RSS_SECONDS (60), SERVER_ARGS, REQUESTS
@@ -330,7 +331,16 @@ def run_nginx(name: str, corpus: Path, work: Path, log_to_file: bool) -> Row:
         row.landed = f"{lines:,} log lines"
         row.notes.append(f"{name}: access log {log_file.stat().st_size / 2**20:.0f} MiB, {lines:,} lines "
                          "(warm-up included; query strings only: POST bodies are not logged)")
+        log_file.unlink(missing_ok=True)  # counted: its GB of dirty pages must not be written back in the next run
     return row
+
+
+def settle() -> None:
+    """Before each run: write back what the previous runs left dirty (an access log, a spool, the engine's
+    parts). Else the kernel flushes it ~30 s later, in the next run's timed window, taking CPU from it."""
+    started = time.monotonic()
+    os.sync()
+    log(f"settled: sync took {time.monotonic() - started:.1f} s")
 
 
 # -- ingestd --------------------------------------------------------------------------------------------
@@ -534,19 +544,24 @@ def main() -> int:
         corpus.write_text("".join(r.line() + "\n" for r in requests), encoding="utf-8")
         log(corpus_mod.summary(requests).splitlines()[0])
         if "nginx" in ONLY:
+            settle()
             log("nginx return 200")
             rows.append(run_nginx("nginx", corpus, work, log_to_file=False))
         if "nginx-log" in ONLY:
+            settle()
             log("nginx with a buffered access log")
             rows.append(run_nginx("nginx-log", corpus, work, log_to_file=True))
         if "collector" in ONLY:
+            settle()
             log("ingestd collector (shipping held)")
             rows.append(run_collector(corpus, work))
         if "e2e" in ONLY:
+            settle()
             log("ingestd end to end")
             row, _ = run_e2e(corpus, work, DURATION, "ingestd end to end")
             rows.append(row)
         if "rss" in ONLY and RSS_SECONDS:
+            settle()
             log(f"ingestd end to end for {RSS_SECONDS} s (RSS growth)")
             row, sampler = run_e2e(corpus, work, RSS_SECONDS, f"ingestd e2e {RSS_SECONDS}s")
             # medians of 10 s: single samples swing ±50 MiB with the engine's background merges
