@@ -301,6 +301,7 @@ http {{
 
 
 def run_nginx(name: str, corpus: Path, work: Path, log_to_file: bool) -> Row:
+    settle()
     d = work / name
     d.mkdir()
     port = free_port()
@@ -336,7 +337,7 @@ def run_nginx(name: str, corpus: Path, work: Path, log_to_file: bool) -> Row:
 
 
 def settle() -> None:
-    """Before each run: write back what the previous runs left dirty (an access log, a spool, the engine's
+    """Called as each run starts: write back what the previous runs left dirty (an access log, a spool, the engine's
     parts). Else the kernel flushes it ~30 s later, in the next run's timed window, taking CPU from it."""
     started = time.monotonic()
     os.sync()
@@ -449,6 +450,7 @@ def beacon_checks(row: Row, load: Load) -> None:
 
 
 def run_collector(corpus: Path, work: Path) -> Row:
+    settle()
     server = Ingestd(work / "collector", "--hold-shipping")
     try:
         server.wait_ready()
@@ -485,6 +487,7 @@ def run_collector(corpus: Path, work: Path) -> Row:
 
 
 def run_e2e(corpus: Path, work: Path, seconds: int, name: str) -> tuple[Row, RssSampler]:
+    settle()
     server = Ingestd(work / name.replace(" ", "-"))
     try:
         server.wait_ready()
@@ -544,24 +547,19 @@ def main() -> int:
         corpus.write_text("".join(r.line() + "\n" for r in requests), encoding="utf-8")
         log(corpus_mod.summary(requests).splitlines()[0])
         if "nginx" in ONLY:
-            settle()
             log("nginx return 200")
             rows.append(run_nginx("nginx", corpus, work, log_to_file=False))
         if "nginx-log" in ONLY:
-            settle()
             log("nginx with a buffered access log")
             rows.append(run_nginx("nginx-log", corpus, work, log_to_file=True))
         if "collector" in ONLY:
-            settle()
             log("ingestd collector (shipping held)")
             rows.append(run_collector(corpus, work))
         if "e2e" in ONLY:
-            settle()
             log("ingestd end to end")
             row, _ = run_e2e(corpus, work, DURATION, "ingestd end to end")
             rows.append(row)
         if "rss" in ONLY and RSS_SECONDS:
-            settle()
             log(f"ingestd end to end for {RSS_SECONDS} s (RSS growth)")
             row, sampler = run_e2e(corpus, work, RSS_SECONDS, f"ingestd e2e {RSS_SECONDS}s")
             # medians of 10 s: single samples swing ±50 MiB with the engine's background merges
