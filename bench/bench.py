@@ -5,6 +5,8 @@ Runs (server pinned to SERVER_CPU, wrk to WRK_CPU, one wrk thread, the corpus of
   nginx-log    the same writing a buffered access log: the log-file collector people use instead
   collector    ingestd, validation + durable spool, shipping held during the load, then shipped and
                counted: rows in analytics.events must equal the 200s wrk counted
+  nginx-again  nginx `return 200` once more, right after the collector: the ratios are to the mean of
+               the two nginx runs, since the machine's speed drifts over minutes (see reference_rate())
   e2e          ingestd with the embedded ClickHouse sink running during the load; freshness by SQL
   rss          (RSS_SECONDS, default 60; 0 skips) e2e for that long: RSS in the last 10 s within 10 % of RSS at
                10-20 s (medians of the 0.5 s samples: merges make single samples swing)
@@ -58,7 +60,7 @@ RSS_SECONDS = knob("RSS_SECONDS", 60)
 REQUESTS = knob("REQUESTS", 20000)
 SEED = knob("SEED", 1)
 TAIL = knob("TAIL", 1.0, float)
-ONLY = [s for s in os.environ.get("ONLY", "nginx,nginx-log,collector,e2e,rss").split(",") if s]
+ONLY = [s for s in os.environ.get("ONLY", "nginx,nginx-log,collector,nginx-again,e2e,rss").split(",") if s]
 RESULTS = os.environ.get("RESULTS", str(HERE / "RESULTS.md"))
 NOTE = os.environ.get("NOTE", "")
 SERVER_ARGS = os.environ.get("SERVER_ARGS", "").split()  # extra `ingestd serve` flags, for A/B of settings
@@ -243,8 +245,20 @@ def ms(us: float) -> str:
     return f"{us / 1000:.2f}"
 
 
+REFERENCE_RUNS = ("nginx", "nginx-again")
+
+
+def reference_rate(rows: list[Row]) -> float | None:
+    """The mean rate of nginx `return 200` before and after the collector (or the one that ran). The
+    reference is bound by wrk, and a shared machine's speed drifts over minutes: nginx's own CPU per
+    request moved between 6.8 and 8.6 µs from run to run here. One sample a minute before the
+    collector moved the ratio by ±10 %; the mean of one on each side of it is less exposed."""
+    rates = [r.load.rate for r in rows if r.name in REFERENCE_RUNS]
+    return sum(rates) / len(rates) if rates else None
+
+
 def table(rows: list[Row]) -> str:
-    ref = next((r.load.rate for r in rows if r.name == "nginx"), None)
+    ref = reference_rate(rows)
     head = ("| run | req/s | × nginx | p50 ms | p99 ms | p99.9 ms | non-2xx (valid) | events landed | peak RSS MiB "
             "| server CPU | CPU µs/req | wrk CPU |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -555,6 +569,9 @@ def main() -> int:
         if "collector" in ONLY:
             log("ingestd collector (shipping held)")
             rows.append(run_collector(corpus, work))
+        if "nginx-again" in ONLY:
+            log("nginx return 200 again (the reference after the collector)")
+            rows.append(run_nginx("nginx-again", corpus, work, log_to_file=False))
         if "e2e" in ONLY:
             log("ingestd end to end")
             row, _ = run_e2e(corpus, work, DURATION, "ingestd end to end")
@@ -577,14 +594,17 @@ def main() -> int:
 
     by_name = {r.name: r for r in rows}
     summary = []
-    nginx = by_name.get("nginx")
+    ref = reference_rate(rows)
     coll = by_name.get("ingestd collector")
     e2e = by_name.get("ingestd end to end")
-    if nginx and coll:
-        ratio = coll.load.rate / nginx.load.rate
+    if ref and coll:
+        ratio = coll.load.rate / ref
         p99 = coll.load.latency_us["p99"] / 1000
-        summary.append(f"collector: {ratio:.2f}× nginx return 200 (target ≥ {RATIO_TARGET}), p99 {p99:.2f} ms "
-                       f"(limit {P99_LIMIT_MS}): {'ok' if ratio >= RATIO_TARGET and p99 <= P99_LIMIT_MS else 'MISSED'}")
+        runs = " and ".join(f"{r.load.rate:,.0f} req/s {'after' if r.name == 'nginx-again' else 'before'}"
+                            for r in rows if r.name in REFERENCE_RUNS)
+        summary.append(f"collector: {ratio:.2f}× nginx return 200 (target ≥ {RATIO_TARGET}; nginx {runs}), "
+                       f"p99 {p99:.2f} ms (limit {P99_LIMIT_MS}): "
+                       f"{'ok' if ratio >= RATIO_TARGET and p99 <= P99_LIMIT_MS else 'MISSED'}")
     if coll and e2e:
         summary.append(f"end to end keeps {100 * e2e.load.rate / coll.load.rate:.0f} % of the collector rate "
                        "(the embedded ClickHouse shares the server's CPU)")
@@ -616,7 +636,8 @@ def main() -> int:
     ]
     if NOTE:
         text += ["", NOTE]
-    text += ["", "req/s counts beacons answered (valid and invalid), not the closing preflights; latency is wrk's, "
+    text += ["", "req/s counts beacons answered (valid and invalid), not the closing preflights; × nginx is to the mean "
+             "of the nginx `return 200` runs (before and after the collector); latency is wrk's, "
              "over every request; server CPU is the share of its one pinned CPU and CPU µs/req the server's CPU time per beacon, both "
              "over the beacon part of the run (up to the closing preflights); wrk CPU near 100 % means the load generator, not the server, set the pace.", ""]
     report = "\n".join(text)
