@@ -226,7 +226,8 @@ _REFUSED = None  # the 503 for a connection over the limit, built after render()
 _LOWER_CASE = {spelling: spelling.lower() for name in (
     b"Host", b"User-Agent", b"Content-Type", b"Content-Length", b"Accept", b"Accept-Encoding",
     b"Accept-Language", b"Connection", b"Origin", b"Referer", b"Expect", b"X-Forwarded-For", b"Forwarded",
-    b"Authorization",
+    b"Authorization", b"Cookie", b"Cache-Control", b"Pragma", b"Priority", b"DNT", b"Sec-CH-UA",
+    b"Sec-CH-UA-Mobile", b"Sec-CH-UA-Platform", b"Sec-Fetch-Site", b"Sec-Fetch-Mode", b"Sec-Fetch-Dest",
 ) for spelling in (name, name.lower())}
 _SPELLINGS: dict[frozenset, dict[bytes, bytes]] = {}  # wanted_headers -> header_spellings() of it
 
