@@ -31,6 +31,28 @@ DOCUMENT_EXAMPLE = (
 DOCUMENT_KS = DOCUMENT_EXAMPLE.split("&ks=")[1].split("&")[0]
 
 
+def beacon_app():
+    """A BeaconApp with no disk and no loop: its spool rows collect in `app.spool.pending`, and the
+    group commit is never run (the tests read the rows, not the replies)."""
+    from ingestd.beacon import BeaconApp
+    from ingestd.metrics import Metrics
+
+    class Spool:
+        over_cap = over_soft_cap = False
+
+        def __init__(self):
+            self.pending = []
+
+        def append(self, row):
+            self.pending.append(row)
+
+    class Loop:
+        def call_soon(self, callback):
+            pass
+
+    return BeaconApp(Spool(), Metrics(), Loop())
+
+
 class Ingestd:
     """An `ingestd serve` child process; ports are read back from its start log line."""
 

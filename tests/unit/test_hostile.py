@@ -7,6 +7,7 @@ import urllib.parse
 import orjson
 import pytest
 
+from conftest import beacon_app
 from ingestd import clientip, ks, ratelimit
 from ingestd.http import CLOCK, ConnectionGate, HttpProtocol, Limits, Response
 
@@ -381,22 +382,9 @@ def test_redact_masks_values_found_elsewhere_and_keeps_bodies_that_name_no_ks():
 
 
 def test_json_beacon_echo_of_its_ks_is_masked_fast_and_general_path():
-    from ingestd.beacon import BeaconApp
     from ingestd.http import Request
-    from ingestd.metrics import Metrics
 
-    class Spool:
-        over_cap = over_soft_cap = False
-        pending: list = []
-
-        def append(self, row):
-            self.pending.append(row)
-
-    class Loop:
-        def call_soon(self, callback):
-            pass
-
-    app = BeaconApp(Spool(), Metrics(), Loop())
+    app = beacon_app()
     play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
     quoted = urllib.parse.quote(KS2.decode(), safe="")
     sent = [
@@ -468,26 +456,6 @@ def test_echoes_of_the_first_distinct_values_are_probed_not_of_the_first_copies(
     assert other not in ks.strip_from_query(query)
 
 
-def _app():
-    from ingestd.beacon import BeaconApp
-    from ingestd.metrics import Metrics
-
-    class Spool:
-        over_cap = over_soft_cap = False
-
-        def __init__(self):
-            self.pending = []
-
-        def append(self, row):
-            self.pending.append(row)
-
-    class Loop:
-        def call_soon(self, callback):
-            pass
-
-    return BeaconApp(Spool(), Metrics(), Loop())
-
-
 def _send(app, method, query, body=b""):
     from ingestd.http import Request
     app.handle(Request(method, b"/collect", query, {b"content-type": b"application/json"}, body,
@@ -501,7 +469,7 @@ OTHER = b"djJ8NTg1MjMxfFNFQ1JFVFNFQ1JFVFNFQ1JFVA"  # a second ks (v2)
 def test_a_json_beacon_masks_the_echoes_of_every_ks_in_its_query_and_body():
     play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
     echo = {"referrer": "http://x/?ks=" + OTHER.decode()}
-    app = _app()
+    app = beacon_app()
     for query, obj in [(b"ks=" + KS2, {**play, "ks": OTHER.decode(), **echo}),  # one in the query, one in the body
                        (b"ks=" + KS2 + b"&ks=" + OTHER, {**play, **echo})]:  # two in the query
         row = _send(app, b"POST", query, orjson.dumps(obj))
@@ -510,7 +478,7 @@ def test_a_json_beacon_masks_the_echoes_of_every_ks_in_its_query_and_body():
 
 
 def test_a_ks_nested_in_an_accepted_json_body_is_masked_fast_and_general_path():
-    app = _app()
+    app = beacon_app()
     play = {"eventType": 3, "partnerId": 5, "entryId": "e"}
     for obj in [{**play, "context": {"ks": KS2.decode()}, "r": "?ks=" + KS2.decode()},  # fast path
                 {**play, "eventType": "3", "context": {"ks": KS2.decode()}},  # general: stored as JSON text
@@ -523,7 +491,7 @@ def test_a_ks_nested_in_an_accepted_json_body_is_masked_fast_and_general_path():
 
 
 def test_a_rejected_get_query_naming_a_ks_in_a_syntax_not_parsed_is_masked_as_a_whole():
-    app = _app()
+    app = beacon_app()
     row = orjson.loads(_send(app, b"GET", b"eventType=zz&data=<ks>" + KS2 + b"</ks>"))
     assert row[0] == "r" and row[4] == "<redacted>"
     row = orjson.loads(_send(app, b"GET", b"eventType=zz&tracks=1&ks_version=2"))  # names no ks: kept
@@ -533,7 +501,7 @@ def test_a_rejected_get_query_naming_a_ks_in_a_syntax_not_parsed_is_masked_as_a_
 def test_a_rejected_json_beacon_files_only_a_numeric_partner_and_type():
     """The partner and type a rejection is filed under are spooled apart from the masked body: text that
     is not a number could hold a ks, so only numbers are kept."""
-    app = _app()
+    app = beacon_app()
     row = orjson.loads(_send(app, b"POST", b"ks=" + KS2, orjson.dumps({"partnerId": "ks=" + KS2.decode(),
                                                                           "eventType": "x"})))
     assert row[0] == "r" and row[5] == {} and KS2[:16].decode() not in str(row)

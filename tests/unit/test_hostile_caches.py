@@ -5,6 +5,7 @@ from pathlib import Path
 
 import orjson
 
+from conftest import beacon_app
 from ingestd import beacon, events
 from ingestd.events import check_json, check_query, json_params
 
@@ -12,6 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import corpus  # noqa: E402
 
 MiB = 1 << 20
+
+
+def clear_rule_caches() -> None:
+    """Empty the shape and rule caches and their counts (what the caches hold is counted along with them)."""
+    events._SHAPES[False].clear()
+    events._JSON_RULES.clear()
+    events._JSON_KEY_BYTES.clear()
+    events._KEPT[:] = [0, 0, 0]
 
 
 def big_form(i: int, names: int) -> bytes:
@@ -46,10 +55,7 @@ def test_the_corpus_shapes_are_all_cacheable():
 
 def test_full_rule_caches_stay_small_with_the_largest_shapes_they_keep():
     """Every cache at its entry cap, each entry as large as is cached: tens of MiB, not GiB."""
-    events._SHAPES[False].clear()
-    events._JSON_RULES.clear()
-    events._JSON_KEY_BYTES.clear()
-    events._KEPT[:] = [0, 0, 0]  # (what the caches hold is counted along with them)
+    clear_rule_caches()
     filler = events.SHAPE_NAMES - 3
     width = (events.SHAPE_BYTES - 40) // filler - 1  # the joined names just under SHAPE_BYTES
     tracemalloc.start()
@@ -68,10 +74,7 @@ def test_full_rule_caches_stay_small_with_the_largest_shapes_they_keep():
         used = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
-        events._SHAPES[False].clear()
-        events._JSON_RULES.clear()
-        events._KEPT[:] = [0, 0, 0]
-        events._JSON_KEY_BYTES.clear()
+        clear_rule_caches()
     assert used < 150 * MiB, used / MiB
 
 
@@ -80,9 +83,7 @@ def test_rules_per_shape_and_type_tuples_per_json_rule_are_bounded_in_all():
     are counted across the cache, so cycling types and numeric fields cannot grow it past its bound."""
     numeric = sorted(n.decode() for n in events._NUMERIC_RAW)
     floats = sorted(events._FLOAT_FIELDS)[:6]
-    events._SHAPES[False].clear()
-    events._JSON_RULES.clear()
-    events._KEPT[:] = [0, 0, 0]
+    clear_rule_caches()
     tracemalloc.start()
     try:
         base = tracemalloc.get_traced_memory()[0]
@@ -100,32 +101,15 @@ def test_rules_per_shape_and_type_tuples_per_json_rule_are_bounded_in_all():
         used = tracemalloc.get_traced_memory()[0] - base
     finally:
         tracemalloc.stop()
-        events._SHAPES[False].clear()
-        events._JSON_RULES.clear()
-        events._KEPT[:] = [0, 0, 0]
+        clear_rule_caches()
     assert rules <= events.RULE_CACHE_ENTRIES and kinds <= events.KINDS_KEPT
     assert used < 64 * MiB, used / MiB
 
 
-class FakeSpool:
-    over_cap = over_soft_cap = False
-
-    def __init__(self):
-        self.pending = []
-
-    def append(self, row):
-        self.pending.append(row)
-
-
 def test_ks_cache_keeps_only_ks_values_of_real_size():
     from ingestd.http import Request
-    from ingestd.metrics import Metrics
 
-    class Loop:
-        def call_soon(self, callback):
-            pass
-
-    app = beacon.BeaconApp(FakeSpool(), Metrics(), Loop())
+    app = beacon_app()
     for i in range(100):
         for size in (200, 7000):
             query = b"eventType=3&partnerId=1&entryId=e&ks=%d" % i + b"A" * size
