@@ -149,10 +149,16 @@ def cut_pair(query: bytes, parts: list[bytes], at: int) -> tuple[bytes, bytes]:
     return out, value
 
 
+def _first_distinct(values) -> list:
+    """The first ECHO_VALUES distinct values: a client sends one ks, two at most, and the echoes of each
+    cost a scan of the text per spelling (a 64 KiB body holds 3,000 ks pairs)."""
+    return list(dict.fromkeys(values))[:ECHO_VALUES]
+
+
 def _mask_echoes(out: bytes, values: list[bytes]) -> bytes:
     """`out` with the ks values masked wherever else they appear."""
     # Echoes are rare: look for one only when a ks prefix recurs (or is escaped, so it cannot be probed).
-    for value in list(dict.fromkeys(values))[:ECHO_VALUES]:  # the first few distinct values, as secret_forms()
+    for value in _first_distinct(values):
         probe = value[:MIN_SECRET_BYTES]
         if len(probe) == MIN_SECRET_BYTES and (probe in out or b"%" in probe or b"+" in probe or b"/" in probe):
             return mask_values(out, values)
@@ -178,23 +184,16 @@ def secret_forms(values: list[bytes], plain: list[bytes] = ()) -> list[bytes]:
     string or form body (raw, also with its escapes escaped again), `plain` as a JSON body holds them;
     each also decoded, without padding, and percent-encoded once and twice (see _spellings)."""
     forms = set()
-    # a client sends one ks, two at most: the echoes of only the first few distinct values are searched
-    # for, as each costs a scan of the text per spelling (a 64 KiB body holds 3,000 ks pairs)
-    for raw in list(dict.fromkeys(values))[:ECHO_VALUES]:
+    for raw in _first_distinct(values):
         forms.add(raw)
         if b"%" in raw:
             forms.add(raw.replace(b"%", b"%25"))  # the value as sent, encoded again inside another value
-        decoded = form_decode(raw).strip()
-        if len(decoded) < MIN_SECRET_BYTES:
-            continue
-        forms.update(_spellings(decoded))
-        if b" " in decoded:  # a '+' the client did not escape: decoded to ' ', echoed as '+' or '%2B'
-            forms.update(_spellings(decoded.replace(b" ", b"+")))
-    for value in list(dict.fromkeys(plain))[:ECHO_VALUES]:
+    # each decoded (a query string's) or as it is (a JSON body's)
+    for value in [form_decode(raw) for raw in _first_distinct(values)] + _first_distinct(plain):
         value = value.strip()
         if len(value) >= MIN_SECRET_BYTES:
             forms.update(_spellings(value))
-            if b" " in value:  # a JSON value whose '+' arrived as ' ' (sent unescaped in a form, decoded)
+            if b" " in value:  # a '+' sent unescaped: decoded to ' ', echoed as '+' or '%2B'
                 forms.update(_spellings(value.replace(b" ", b"+")))
     # '/' written as '\/' inside JSON text (PHP's json_encode does so by default): a body that fails to parse
     forms.update([form.replace(b"/", b"\\/") for form in forms if b"/" in form])
