@@ -576,6 +576,14 @@ def _cache(cache: dict, key, value, slot: int):
     return value
 
 
+def _keep(slot: int, cache: dict, bound: int) -> None:
+    """Count one more thing held by `cache`'s entries (see _KEPT); past `bound`, empty the cache first."""
+    if _KEPT[slot] >= bound:
+        cache.clear()
+        _KEPT[slot] = 0
+    _KEPT[slot] += 1
+
+
 def _shape(names: list[bytes]) -> _Shape | None:
     at = _plan(names)
     return _Shape(at) if at is not None and "eventType" in at else None
@@ -607,10 +615,7 @@ def check_query(query: bytes, api: bool, strict: bool) -> tuple[EventType, tuple
         event_type = _REGISTRY_BY_RAW.get(raw_type)
         if event_type is None:
             return None  # not cached: any bytes could come here
-        if _KEPT[api] >= RULE_CACHE_ENTRIES:  # (this shape's rule is still made, for this request)
-            shapes.clear()
-            _KEPT[api] = 0
-        _KEPT[api] += 1
+        _keep(api, shapes, RULE_CACHE_ENTRIES)  # (this shape's rule is still made, for this request)
         rule = shape.rules[raw_type] = _query_rule(shape.at, event_type, api)
     if rule is None:
         return None
@@ -651,10 +656,7 @@ def check_json(obj: dict, query: bytes, api: bool, strict: bool) -> tuple[EventT
         if not _valid_kinds(kinds, ints, numbers):
             return None
         if len(kinds_seen) < KINDS_PER_RULE:
-            if _KEPT[2] >= KINDS_KEPT:  # (this rule is still used, for this request)
-                _JSON_RULES.clear()
-                _KEPT[2] = 0
-            _KEPT[2] += 1
+            _keep(2, _JSON_RULES, KINDS_KEPT)  # (this rule is still used, for this request)
             kinds_seen.add(kinds)
     if max(values[:ints]) > _INT64_MAX or "" in values[numbers:]:
         return None  # an integer past Int64, or a required text that is empty
