@@ -247,7 +247,7 @@ def ms(us: float) -> str:
 
 def reference_rate(rows: list[Row]) -> float | None:
     """The rate of the first nginx `return 200` run, taken on a settled machine before any ingestd run.
-    nginx-again is not averaged in: it ran slower than the first run in 7 of 9 runs with the collector
+    nginx-again is not averaged in: it ran slower than the first run in 7 of 10 runs with the collector
     just before it, so it could be what the collector left behind, and an average would flatter ingestd."""
     return next((r.load.rate for r in rows if r.name == "nginx"), None)
 
