@@ -184,12 +184,13 @@ def secret_forms(values: list[bytes], plain: list[bytes] = ()) -> list[bytes]:
     string or form body (raw, also with its escapes escaped again), `plain` as a JSON body holds them;
     each also decoded, without padding, and percent-encoded once and twice (see _spellings)."""
     forms = set()
-    for raw in _first_distinct(values):
+    values = _first_distinct(values)
+    for raw in values:
         forms.add(raw)
         if b"%" in raw:
             forms.add(raw.replace(b"%", b"%25"))  # the value as sent, encoded again inside another value
     # each decoded (a query string's) or as it is (a JSON body's)
-    for value in [form_decode(raw) for raw in _first_distinct(values)] + _first_distinct(plain):
+    for value in [form_decode(raw) for raw in values] + _first_distinct(plain):
         value = value.strip()
         if len(value) >= MIN_SECRET_BYTES:
             forms.update(_spellings(value))
